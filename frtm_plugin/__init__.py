@@ -1,0 +1,12 @@
+"""FRTM video object segmentation (Robinson, Lawin et al., CVPR 2020), as a library and a FiftyOne plugin.
+
+Layers, one way only:
+    frtm_plugin.ops     feature-resolution maths of the target model's loss (and its autograd reference)
+    frtm_plugin.core    backbones, target model D + solver, memory, augmentation, segmentation network S, tracker
+    frtm_plugin.io      video decoding, DAVIS folders, palette PNGs
+    frtm_plugin.metrics DAVIS J / F exactly as the official toolkit computes them
+    frtm_plugin.cli     ``python -m frtm_plugin``
+Nothing here downloads anything, at import or otherwise, unless explicitly asked to.
+"""
+
+__version__ = "0.1.0"
