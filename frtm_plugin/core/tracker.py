@@ -1,0 +1,213 @@
+"""The streaming tracker: feed frames one by one, add objects on any frame, get masks back.
+
+    tracker = FRTMTracker(backbone, segnet)            # segnet=None: D-only
+    for i, frame in enumerate(frames):                 # frame: (H, W, 3) uint8 RGB
+        out = tracker.step(frame, new_masks.get(i))    # {obj_id: (H, W) mask} where objects start
+        out.labels, out.probabilities, out.coarse_scores
+
+Per frame, as the released tracker (``Tracker.initialize`` + ``Tracker.track``):
+1. backbone features once for the frame, shared by all objects;
+2. every object started on an earlier frame: D's coarse scores, then S (or D's scores upsampled when D-only),
+   a sigmoid, the foreground probability;
+3. objects starting on this frame take their given mask, and carve it out of the older objects' probabilities;
+4. multi-object merge, and each older object's D learns from its merged soft mask.
+Objects starting on this frame get a new D fitted on their mask and augmented copies of the frame; they are not
+also updated on that frame (their sample is already in the memory). The tracker holds per object only D's
+weights and its fixed-size memory, never per-frame history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+from .augment import augment_first_frame
+from .merge import merge_labels, soft_aggregate
+from .target_model import SolverConfig, TargetModel
+
+MAX_OBJECT_ID = 254  # 0 is background and 255 is void in DAVIS label maps
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    num_aug: int = 5  # the first frame plus 4 augmented copies; 1 turns augmentation off
+    merge: str = "released"  # or "single" (see merge.merge_labels)
+    max_size: int | None = None  # longest side at which to infer; masks are returned at the input size
+    seed: int = 0
+
+
+@dataclass
+class StepOutput:
+    labels: torch.Tensor  # (H, W) int64 object ids at the input resolution, 0 = background
+    probabilities: dict[int, torch.Tensor]  # per object, (H, W) float32 before the multi-object merge
+    coarse_scores: dict[int, torch.Tensor]  # per tracked object, D's (Hf, Wf) scores (absent on its start frame)
+
+
+@dataclass
+class _Object:
+    target_model: TargetModel
+    start_frame: int
+
+
+def fit_mask(mask, frame_hw: tuple[int, int], obj_id) -> np.ndarray:
+    """A prompt mask as a bool (H, W) array of the frame's size; a one-pixel difference (a rounding artefact of some
+    annotation tools) is padded with background or cropped, anything more is an error."""
+    m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    if m.ndim == 3 and m.shape[-1] == 1:
+        m = m[..., 0]
+    if m.ndim != 2:
+        raise ValueError(f"the mask of object {obj_id} must be 2-D (H, W), got shape {m.shape}")
+    h, w = frame_hw
+    if abs(m.shape[0] - h) > 1 or abs(m.shape[1] - w) > 1:
+        raise ValueError(f"the mask of object {obj_id} is {m.shape[0]}x{m.shape[1]} (HxW) but the frame is {h}x{w}; "
+                         "masks must match the frame size (a one-pixel difference is padded)")
+    m = m > (0.5 if m.dtype.kind == "f" else 0)
+    out = np.zeros((h, w), dtype=bool)
+    hh, ww = min(h, m.shape[0]), min(w, m.shape[1])
+    out[:hh, :ww] = m[:hh, :ww]
+    return out
+
+
+def masks_from_label_map(label_map, void: int = 255) -> dict[int, np.ndarray]:
+    """A DAVIS-style index map -> {object id: bool mask}, background 0 and void 255 left out."""
+    lm = np.asarray(label_map)
+    return {int(i): lm == i for i in np.unique(lm) if i != 0 and i != void}
+
+
+def inference_size(hw: tuple[int, int], max_size: int | None) -> tuple[int, int]:
+    h, w = hw
+    if max_size is None or max(h, w) <= max_size:
+        return h, w
+    s = max_size / max(h, w)
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
+class FRTMTracker:
+    def __init__(self, backbone, segnet=None, config: TrackerConfig = TrackerConfig(), device="cpu"):
+        self.backbone = backbone.to(device).eval()
+        self.segnet = segnet.to(device).eval() if segnet is not None else None
+        self.config = config
+        self.device = torch.device(device)
+        self.objects: dict[int, _Object] = {}
+        self.frame_index = -1
+        layers = {backbone.target_layer}
+        if segnet is not None:
+            layers |= set(backbone.seg_layers)
+        self._layers = tuple(sorted(layers))
+
+    @property
+    def object_ids(self) -> list[int]:
+        return sorted(self.objects)
+
+    def reset(self) -> None:
+        self.objects.clear()
+        self.frame_index = -1
+
+    # -- the per-frame API ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, image, new_masks: dict[int, object] | None = None) -> StepOutput:
+        """Process the next frame. ``image``: (H, W, 3) uint8 RGB. ``new_masks``: masks of objects that start (or
+        are re-annotated) on this frame, at the frame's size."""
+        image = self._check_image(image)
+        self.frame_index += 1
+        full_hw = image.shape[:2]
+        hw = inference_size(full_hw, self.config.max_size)
+        if hw != full_hw:
+            image = cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
+        prompts = self._prepare_prompts(new_masks or {}, full_hw, hw)
+        if not self.objects and not prompts:
+            raise ValueError("no object to track: give the masks of the objects to follow on the frame where each "
+                             "first appears (new_masks={obj_id: mask})")
+
+        probs: dict[int, torch.Tensor] = {}
+        coarse: dict[int, torch.Tensor] = {}
+        projected: dict[int, torch.Tensor] = {}
+        tracked = [i for i in self.objects if i not in prompts]
+        if tracked:
+            feats = self.backbone(self._to_tensor(image)[None], layers=self._layers)
+            target_feat = feats[self.backbone.target_layer][0]
+            for obj_id in tracked:
+                h, s = self.objects[obj_id].target_model.predict(target_feat)
+                projected[obj_id], coarse[obj_id] = h, s
+                probs[obj_id] = self._probability(s, feats, hw)
+
+        for obj_id, mask in prompts.items():
+            self._start_object(obj_id, image, mask)
+            probs[obj_id] = torch.from_numpy(mask).to(self.device, torch.float32)
+        if prompts and tracked:
+            keep = 1.0 - torch.stack([probs[i] for i in prompts]).amax(dim=0)
+            for obj_id in tracked:
+                probs[obj_id] = probs[obj_id] * keep
+
+        ids = sorted(probs)
+        stacked = torch.stack([probs[i] for i in ids])
+        if tracked:
+            merged = soft_aggregate(stacked)
+            for row, obj_id in enumerate(ids):
+                if obj_id in projected:
+                    self.objects[obj_id].target_model.update(projected[obj_id], merged[row + 1])
+
+        if hw != full_hw:
+            stacked = F.interpolate(stacked[None], size=full_hw, mode="bilinear", align_corners=False)[0]
+        index = merge_labels(stacked, self.config.merge)
+        lut = torch.tensor([0] + ids, device=index.device)
+        return StepOutput(labels=lut[index], probabilities={i: stacked[r] for r, i in enumerate(ids)},
+                          coarse_scores=coarse)
+
+    # -- internals ----------------------------------------------------------------------------------------------
+    def _check_image(self, image) -> np.ndarray:
+        if isinstance(image, torch.Tensor):
+            image = image.detach().cpu().numpy()
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"frames must be (H, W, 3) uint8 RGB arrays, got shape {image.shape} dtype {image.dtype}")
+        return np.ascontiguousarray(image)
+
+    def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(image).to(self.device).permute(2, 0, 1)
+
+    def _prepare_prompts(self, new_masks, full_hw, hw) -> dict[int, np.ndarray]:
+        prompts = {}
+        for obj_id, mask in new_masks.items():
+            obj_id = int(obj_id)
+            if not 1 <= obj_id <= MAX_OBJECT_ID:
+                raise ValueError(f"object ids must be in 1..{MAX_OBJECT_ID} (0 is background, 255 void), got {obj_id}")
+            m = fit_mask(mask, full_hw, obj_id)
+            if not m.any():
+                raise ValueError(f"the mask of object {obj_id} on frame {self.frame_index} is empty: "
+                                 "an object needs at least one foreground pixel where it starts")
+            if hw != full_hw:
+                small = cv2.resize(m.astype(np.uint8), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST) > 0
+                if not small.any():  # a sliver that vanished when shrinking: keep its nearest pixel rather than fail
+                    ys, xs = np.nonzero(m)
+                    small[int(ys[0] * hw[0] / full_hw[0]), int(xs[0] * hw[1] / full_hw[1])] = True
+                m = small
+            prompts[obj_id] = m
+        return prompts
+
+    def _start_object(self, obj_id: int, image: np.ndarray, mask: np.ndarray) -> None:
+        cfg = self.config
+        images, labels = augment_first_frame(image, mask, num_aug=cfg.num_aug, seed=cfg.seed + obj_id)
+        batch = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2)
+        feats = self.backbone(batch, layers=(self.backbone.target_layer,))[self.backbone.target_layer]
+        generator = torch.Generator().manual_seed(cfg.seed + obj_id)
+        model = TargetModel(feats.shape[1], cfg.solver, generator=generator, device=self.device)
+        model.initialize(feats, torch.from_numpy(labels).to(self.device))
+        self.objects[obj_id] = _Object(model, self.frame_index)
+
+    def _probability(self, scores: torch.Tensor, feats: dict, hw) -> torch.Tensor:
+        if self.segnet is None:  # D-only: D was fitted to 0/1 labels, so its upsampled score is a probability
+            return ops.upsample(scores, hw).clamp(0.0, 1.0)
+        logits = self.segnet(scores[None, None], feats, hw)
+        return torch.sigmoid(logits[0, 0])
+
+    def memory_bytes(self) -> int:
+        """Bytes held by all objects' sample memories (fixed once each object has started)."""
+        return sum(o.target_model.memory.nbytes for o in self.objects.values())
+
