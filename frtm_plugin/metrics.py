@@ -27,7 +27,8 @@ from typing import Iterable, Mapping, Sequence
 
 import cv2
 import numpy as np
-from PIL import Image
+
+from .io.labels import VOID, read_label_png
 
 __all__ = [
     "VOID",
@@ -52,7 +53,6 @@ __all__ = [
     "format_table",
 ]
 
-VOID = 255
 CSV_COLUMNS = ("sequence", "J", "F", "J&F", "J-recall", "J-decay", "F-recall", "F-decay")
 
 
@@ -423,33 +423,6 @@ def format_table(rows: Sequence[Mapping], overall: Mapping) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 # Folders of PNGs
 # --------------------------------------------------------------------------------------------------------------------
-
-def read_label_png(path: str | os.PathLike, binary_to_object: bool = True) -> np.ndarray:
-    """Read a label PNG as an (H, W) integer array of object ids.
-
-    * Indexed ('P') PNGs: the palette indices are the ids, 255 = void (DAVIS 2017 / YouTube-VOS).
-    * ``binary_to_object``: a non-indexed PNG whose values are a subset of {0, 255} is a DAVIS-2016 binary mask;
-      255 becomes object 1 (not void). DAVIS-2016 has one object per sequence and the DAVIS-2016 protocol merges
-      all objects into one, so "any foreground = object 1" is the intended reading. Indexed PNGs are never remapped.
-    * Grey + alpha ('LA', e.g. DAVIS-2016 ``bear/00077.png``) or grey stored as RGB(A): the alpha is dropped and the
-      colour channels must agree; a real colour mask is an error. Mode '1' (bilevel) gives 0/1.
-    """
-    with Image.open(path) as im:
-        mode = im.mode
-        arr = np.array(im)
-    if arr.ndim == 3:
-        colour = arr[..., :1] if mode == "LA" else arr[..., :3]
-        if not np.all(colour == colour[..., :1]):
-            raise ValueError(f"{path}: a {mode} PNG with differing colour channels is not a label map "
-                             "(expected an indexed 'P' or a greyscale PNG)")
-        arr = np.ascontiguousarray(colour[..., 0])
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8)
-    if binary_to_object and mode != "P":
-        if np.isin(np.unique(arr), (0, VOID)).all():
-            arr = (arr == VOID).astype(arr.dtype)
-    return arr
-
 
 def load_sequence(gt_dir: str | os.PathLike, pred_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read a GT folder ``*.png`` (sorted by name) and the prediction PNGs of the same names as (T, H, W) stacks.

@@ -1,0 +1,77 @@
+"""Named models -> a ready tracker: ``"default"`` (the offline MobileNetV2 model), ``"d-only"``, or a checkpoint path.
+
+A checkpoint in the released format (``{'model': {'refiner.*': ...}}``) holds only S; its backbone is inferred from
+its widths (or its ``meta``), and the backbone's ImageNet weights are resolved as ``core.weights`` says.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .core.backbone import build_backbone
+from .core.segnet import load_segnet_checkpoint
+from .core.tracker import FRTMTracker, TrackerConfig
+from .core.weights import file_sha256
+
+log = logging.getLogger(__name__)
+
+PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights"
+DEFAULT_CHECKPOINT = PACKAGE_WEIGHTS / "frtm_mobilenet_v2_davis16.pth"
+DEFAULT_BACKBONE = "mobilenet_v2"
+
+
+@dataclass
+class ModelInfo:
+    """What a run used, for logs and for recording alongside results."""
+
+    model: str
+    backbone: str
+    target_layer: str
+    segnet_path: str | None = None
+    segnet_sha256: str | None = None
+    backbone_weights: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        s = f"{self.model} (backbone {self.backbone}, D on {self.target_layer}"
+        s += f", S from {Path(self.segnet_path).name})" if self.segnet_path else ", no S: D-only)"
+        return s
+
+
+def build_tracker(model: str = "default", backbone: str | None = None, device: str = "cpu",
+                  config: TrackerConfig = TrackerConfig(), backbone_weights: str | os.PathLike | None = "imagenet",
+                  target_layer: str | None = None) -> tuple[FRTMTracker, ModelInfo]:
+    segnet, meta, path = None, {}, None
+    notes = []
+    if model == "default":
+        if DEFAULT_CHECKPOINT.is_file():
+            path = DEFAULT_CHECKPOINT
+        else:
+            notes.append(f"no trained segmentation network is shipped yet ({DEFAULT_CHECKPOINT} is absent): "
+                         "running D-only")
+    elif model != "d-only":
+        path = Path(model)
+        if not path.is_file():
+            raise FileNotFoundError(f"model checkpoint not found: {path} (give 'default', 'd-only' or the path of a "
+                                    "checkpoint in the released FRTM format)")
+    if path is not None:
+        segnet, meta = load_segnet_checkpoint(path)
+        ckpt_backbone = meta["backbone"]
+        if backbone is not None and backbone != ckpt_backbone:
+            raise ValueError(f"{path} was trained on {ckpt_backbone} features; it cannot run on {backbone} "
+                             f"(omit --backbone or pass {ckpt_backbone})")
+        backbone = ckpt_backbone
+        target_layer = target_layer or meta.get("target_layer")
+    backbone = backbone or DEFAULT_BACKBONE
+    net = build_backbone(backbone, weights=backbone_weights, target_layer=target_layer)
+    for n in notes:
+        log.warning(n)
+    tracker = FRTMTracker(net, segnet, config, device=device)
+    info = ModelInfo(model=model, backbone=backbone, target_layer=net.target_layer,
+                     segnet_path=str(path) if path else None,
+                     segnet_sha256=file_sha256(path) if path else None,
+                     backbone_weights=str(getattr(net, "weights_path", None)), notes=notes)
+    return tracker, info
