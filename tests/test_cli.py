@@ -1,0 +1,110 @@
+"""The command line end to end on the shipped demo clip (always present) and on video files."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from frtm_plugin.cli import main
+from frtm_plugin.io.davis import load_sequence
+from frtm_plugin.io.labels import read_label_png, write_label_png
+from frtm_plugin.io.video import VideoReadError, iter_video_frames, video_info
+
+DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
+FAST = ["--num-aug", "1", "--max-size", "320", "--threads", "2", "--no-progress", "--model", "d-only"]
+
+
+def _write_video(path: Path, frames, fps=10):
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264" if path.suffix == ".mp4" else "mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def test_track_and_evaluate_demo(tmp_path, capsys):
+    out = tmp_path / "res"
+    assert main(["track", "--davis", str(DEMO), "--out", str(out), "--save-probs", *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "FPS:" in printed and "mobilenet_v2" in printed and "threads 2" in printed and "at 320x180" in printed
+    seq = load_sequence(DEMO, "rollerblade")
+    pngs = sorted((out / "rollerblade").glob("*.png"))
+    assert [p.stem for p in pngs] == seq.frame_names()
+    with Image.open(pngs[3]) as im:
+        assert im.mode == "P" and im.size == (854, 480)
+        assert im.getpalette()[3:6] == [128, 0, 0]  # DAVIS colour of object 1
+    probs = np.load(out / "rollerblade" / "00003.npz")
+    assert list(probs.keys()) == ["1"] and probs["1"].dtype == np.float32 and probs["1"].shape == (480, 854)
+    assert ((probs["1"] > 0.5) == (read_label_png(pngs[3]) == 1)).mean() > 0.999  # one object: label = p > 0.5
+
+    assert main(["evaluate", "--davis", str(DEMO), "--results", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "overall" in printed
+    lines = (out / "evaluation.csv").read_text().strip().splitlines()
+    assert lines[0] == "sequence,J,F,J&F,J-recall,J-decay,F-recall,F-decay"
+    assert [ln.split(",")[0] for ln in lines[1:]] == ["rollerblade", "overall"]
+    j, f, jf = (float(x) for x in lines[-1].split(",")[1:4])
+    assert 0.3 < j <= 1 and 0.2 < f <= 1 and abs(jf - (j + f) / 2) < 1e-6
+
+
+def test_track_video_with_first_frame_mask(tmp_path):
+    seq = load_sequence(DEMO, "rollerblade")
+    frames = [seq.read_frame(i) for i in range(6)]
+    video = tmp_path / "clip.mp4"
+    _write_video(video, frames)
+    assert video_info(video)["num_frames"] == 6
+    mask = tmp_path / "mask.png"
+    write_label_png(mask, read_label_png(seq.annotation_paths[0]))
+    out = tmp_path / "res"
+    assert main(["track", "--video", str(video), "--mask", str(mask), "--out", str(out), *FAST]) == 0
+    pngs = sorted((out / "clip").glob("*.png"))
+    assert [p.name for p in pngs] == [f"{i:05d}.png" for i in range(6)]
+    gt = read_label_png(seq.annotation_paths[4]) == 1
+    pred = read_label_png(pngs[4]) == 1
+    assert (gt & pred).sum() / (gt | pred).sum() > 0.5
+
+
+def test_bad_input_gives_clear_errors(tmp_path, capsys):
+    empty = tmp_path / "empty.png"
+    write_label_png(empty, np.zeros((480, 854), np.uint8))
+    video = tmp_path / "clip.mp4"
+    seq = load_sequence(DEMO, "rollerblade")
+    _write_video(video, [seq.read_frame(0), seq.read_frame(1)])
+    assert main(["track", "--video", str(video), "--mask", str(empty), "--out", str(tmp_path / "o"), *FAST]) == 2
+    assert "holds no object" in capsys.readouterr().err
+
+    assert main(["track", "--davis", str(DEMO), "--sequences", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert "sequence 'nope' not found" in capsys.readouterr().err
+
+    assert main(["track", "--davis", str(DEMO), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "x.pth")]) == 2
+    assert "model checkpoint not found" in capsys.readouterr().err
+
+    # A first-frame mask two pixels narrower than the frame.
+    narrow = tmp_path / "narrow.png"
+    write_label_png(narrow, read_label_png(seq.annotation_paths[0])[:, :852])
+    assert main(["track", "--video", str(video), "--mask", str(narrow), "--out", str(tmp_path / "o"), *FAST]) == 2
+    assert "480x852" in capsys.readouterr().err
+
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
+    with pytest.raises(VideoReadError):
+        next(iter_video_frames(corrupt))
+    mask = tmp_path / "m.png"
+    write_label_png(mask, read_label_png(seq.annotation_paths[0]))
+    assert main(["track", "--video", str(corrupt), "--mask", str(mask), "--out", str(tmp_path / "o"), *FAST]) == 2
+    assert "corrupt.mp4" in capsys.readouterr().err
+
+
+def test_decodes_non_h264_avi(long_video):
+    """vtest.avi: MS-MPEG4v3 in AVI, 768x576; frames come out as RGB uint8, one at a time."""
+    it = iter_video_frames(long_video)
+    frames = [next(it) for _ in range(3)]
+    it.close()
+    assert all(f.shape == (576, 768, 3) and f.dtype == np.uint8 for f in frames)
+    assert not np.array_equal(frames[0], frames[2])
