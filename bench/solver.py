@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import sys
 import time
@@ -62,17 +63,19 @@ def memory_weights(k_init, k_mem, learning_rate):
     return mem.weights.clone()
 
 
-def timed(fn, repeats):
-    """Median wall time of fn() over ``repeats`` runs after one warm-up; also returns the last result."""
-    times, out = [], None
+def timed(fns, repeats):
+    """Median wall time of each fn() over ``repeats`` rounds after one warm-up round; the fns run interleaved, so
+    load from other processes hits them alike. Also returns each fn's last result."""
+    times, outs = [[] for _ in fns], [None] * len(fns)
     for i in range(repeats + 1):
-        out = None
-        gc.collect()
-        t0 = time.perf_counter()
-        out = fn()
-        if i:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        for j, fn in enumerate(fns):
+            outs[j] = None
+            gc.collect()
+            t0 = time.perf_counter()
+            outs[j] = fn()
+            if i:
+                times[j].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times], outs
 
 
 def main():
@@ -84,6 +87,7 @@ def main():
     s = QUICK if args.quick else FULL
     repeats = 1 if args.quick else args.repeats
     torch.set_num_threads(args.threads)
+    load0 = os.getloadavg()[0]
     cfg = SolverConfig(channels=s["c"])
     feat_hw, label_hw = s["feat_hw"], s["label_hw"]
     g = torch.Generator().manual_seed(0)
@@ -103,8 +107,7 @@ def main():
         problem = ReferenceProblem(x, y, v, w, cfg.filter_reg, project=True)
         return problem.scores(*gauss_newton(problem, w0, cfg.init_cg_iters, cfg.precond))
 
-    t_init_fast, s_fast = timed(init_fast, repeats)
-    t_init_ref, s_ref = timed(init_ref, repeats)
+    (t_init_fast, t_init_ref), (s_fast, s_ref) = timed([init_fast, init_ref], repeats)
     init_diff, init_scale = (s_fast - s_ref).abs().max().item(), s_ref.abs().max().item()
     del x, y, v, s_fast, s_ref
 
@@ -122,9 +125,10 @@ def main():
         problem = ReferenceProblem(h, y, v, w, cfg.filter_reg, project=False)
         return gauss_newton(problem, (tm.w2,), cfg.update_cg_iters, cfg.precond[1:])
 
-    t_pre, _ = timed(lambda: ops.stencil_precompute(y[:1], v[:1], feat_hw), repeats)
-    t_upd_fast, _ = timed(update_fast, repeats)
-    t_upd_ref, _ = timed(update_ref, repeats)
+    def precompute_one():
+        return ops.stencil_precompute(y[:1], v[:1], feat_hw)
+
+    (t_upd_fast, t_upd_ref, t_pre), _ = timed([update_fast, update_ref, precompute_one], repeats)
     del h, hf, y, v, stencil, target
     gc.collect()
 
@@ -135,7 +139,8 @@ def main():
 
     up, ip = t_upd_ref / t_upd_fast, t_init_ref / t_init_fast
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_model()}, float32, "
-          f"median of {repeats} after 1 warm-up{' (quick sizes)' if args.quick else ''}")
+          f"median of {repeats} after 1 warm-up{' (quick sizes)' if args.quick else ''}, "
+          f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}")
     print(f"sanity: max |fast - reference| score after init = {init_diff:.3g} (max |score| {init_scale:.3g}; "
           "float32, 45 CG iterations with no tolerance)")
     print()
