@@ -108,3 +108,39 @@ def test_decodes_non_h264_avi(long_video):
     it.close()
     assert all(f.shape == (576, 768, 3) and f.dtype == np.uint8 for f in frames)
     assert not np.array_equal(frames[0], frames[2])
+
+
+def _released_rn18_checkpoint(path: Path):
+    """A checkpoint in the authors' format for ResNet-18 widths (random weights): only S, under 'model'."""
+    import torch
+
+    from frtm_plugin.core.segnet import SegNetwork
+
+    torch.manual_seed(0)
+    segnet = SegNetwork({"layer5": 512, "layer4": 256, "layer3": 128, "layer2": 64})
+    torch.save({"model": {f"refiner.{k}": v for k, v in segnet.state_dict().items()}}, path)
+
+
+def test_released_checkpoint_resolves_backbone_weights(tmp_path, monkeypatch, capsys):
+    """--model PATH: the backbone is inferred from the file (RN18 here), its ImageNet weights are looked up in the
+    torch hub cache, and a missing file is an error naming where it looked."""
+    import torch
+    import torchvision
+
+    ckpt = tmp_path / "rn18_test.pth"
+    _released_rn18_checkpoint(ckpt)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("FRTM_ALLOW_DOWNLOAD", raising=False)
+    args = ["track", "--davis", str(DEMO), "--out", str(tmp_path / "res"), "--model", str(ckpt),
+            "--num-aug", "1", "--max-size", "160", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "resnet18-f37072fd.pth" in err and str(tmp_path / "torch") in err
+
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), hub / "resnet18-f37072fd.pth")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "backbone resnet18" in out and "S from rn18_test.pth" in out and "D+S" in out
+    assert len(list((tmp_path / "res" / "rollerblade").glob("*.png"))) == 35

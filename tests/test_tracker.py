@@ -175,3 +175,42 @@ def test_segmentation_network_path_runs(mobilenet):
     p = out.probabilities[1]
     assert p.shape == (96, 128) and (p > 0).all() and (p < 1).all()
     assert out.coarse_scores[1].shape == (6, 8)
+
+
+def test_argmax_rows_equals_argmax_with_ties():
+    from frtm_plugin.core.merge import argmax_rows
+
+    x = torch.randint(0, 3, (4, 50, 60)).float()  # many ties
+    assert torch.equal(argmax_rows(x), x.argmax(dim=0))
+
+
+def _held_bytes(tracker) -> int:
+    """Bytes of every tensor the tracker's objects hold (D's weights and the sample memory)."""
+    total = 0
+    for obj in tracker.objects.values():
+        tm = obj.target_model
+        total += sum(t.numel() * t.element_size() for t in (tm.w1, tm.w2)) + tm.memory.nbytes
+    return total
+
+
+@pytest.mark.slow
+def test_memory_is_flat_on_a_long_video(long_video, mobilenet):
+    """What the tracker holds does not grow with the video: after 120 frames (15 refits, the memory full after
+    75 inserts) it holds exactly what it held after the first frame."""
+    from frtm_plugin.io.video import iter_video_frames
+
+    torch.set_num_threads(2)
+    cfg = TrackerConfig(solver=SolverConfig(memory_size=40), num_aug=1, max_size=160)
+    tracker = FRTMTracker(mobilenet, None, cfg)
+    frames = iter_video_frames(long_video)
+    first = next(frames)
+    mask = np.zeros(first.shape[:2], bool)
+    mask[300:500, 350:450] = True  # a person-sized box in the middle of the scene
+    tracker.step(first, {1: mask})
+    start = _held_bytes(tracker)
+    for i, frame in zip(range(119), frames):
+        tracker.step(frame)
+    frames.close()
+    tm = tracker.objects[1].target_model
+    assert tm.frame_num == 119 and tm.memory.count == 40  # full: slots are being replaced
+    assert _held_bytes(tracker) == start

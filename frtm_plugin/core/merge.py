@@ -7,6 +7,17 @@ import torch
 EPS = 1e-7
 
 
+def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x.argmax(dim=0)`` for a few rows of large maps (first maximum wins, as argmax), without the strided
+    reduction torch runs on the CPU for dim 0, which is ~20x slower at 480p."""
+    best, index = x[0], torch.zeros(x.shape[1:], dtype=torch.long, device=x.device)
+    for row in range(1, x.shape[0]):
+        better = x[row] > best
+        index[better] = row
+        best = torch.maximum(best, x[row])
+    return index
+
+
 def soft_aggregate(probs: torch.Tensor) -> torch.Tensor:
     """(N, H, W) object probabilities -> (N + 1, H, W), row 0 the background.
 
@@ -16,7 +27,7 @@ def soft_aggregate(probs: torch.Tensor) -> torch.Tensor:
     p = probs.clamp(EPS, 1 - EPS)
     p = torch.cat([(1 - p).min(dim=0, keepdim=True).values, p], dim=0)
     segs = torch.softmax(p / (1 - p), dim=0)
-    winner = segs.argmax(dim=0, keepdim=True)
+    winner = argmax_rows(segs)[None]
     return segs * (torch.arange(segs.shape[0], device=segs.device).view(-1, 1, 1) == winner)
 
 
@@ -34,4 +45,4 @@ def merge_labels(probs: torch.Tensor, mode: str = "released") -> torch.Tensor:
     merged = soft_aggregate(probs)
     if mode == "released":
         merged = soft_aggregate(merged[1:])
-    return merged.argmax(dim=0)
+    return argmax_rows(merged)
