@@ -163,9 +163,7 @@ def cmd_track(args) -> int:
     config = TrackerConfig(solver=SolverConfig(), num_aug=args.num_aug, merge=args.merge, max_size=args.max_size,
                            seed=args.seed)
     tracker, info = build_tracker(args.model, args.backbone, args.device, config)
-    print(f"model: {info.describe()}")
-    for note in info.notes:
-        print(f"note: {note}")
+    print(f"model: {info.describe()}")  # notes (e.g. "running D-only") were logged as warnings
 
     stats = []
     for seq, frames in jobs:
