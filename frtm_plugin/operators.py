@@ -1,0 +1,173 @@
+"""The plugin's operators: thin forms over :mod:`frtm_plugin.sdk`.
+
+``@frtm/frtm-vos/propagate``: propagate prompt masks through the target videos (immediate or delegated).
+``@frtm/frtm-vos/evaluate``: DAVIS J, F and J&F per frame, object and video.
+``@frtm/frtm-vos/davis_jf``: the same scores as a custom metric of FiftyOne's ``evaluate_segmentations``.
+"""
+
+from __future__ import annotations
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+from fiftyone.operators.evaluation_metric import EvaluationMetric, EvaluationMetricConfig
+
+from . import sdk
+from .fo_labels import PROMPT_TYPES
+
+MODEL_CHOICES = {"default": "Offline default (MobileNetV2)", "d-only": "Target model only (no S)",
+                 "path": "Checkpoint file (released FRTM format)"}
+
+
+def _frame_fields(ctx, types_wanted) -> list[str]:
+    schema = ctx.dataset.get_frame_field_schema() or {} if ctx.dataset is not None else {}
+    return sorted(name for name, f in schema.items() if getattr(f, "document_type", None) in types_wanted)
+
+
+def _prompt_fields(ctx) -> list[str]:
+    """Frame fields that can hold prompts: Segmentation, or Detections whose detections carry masks."""
+    out = []
+    for name in _frame_fields(ctx, PROMPT_TYPES):
+        f = ctx.dataset.get_frame_field_schema()[name]
+        if f.document_type is fo.Detections:
+            has_mask = ctx.dataset.exists(f"frames.{name}.detections.mask").count() > 0 or \
+                ctx.dataset.exists(f"frames.{name}.detections.mask_path").count() > 0
+            if not has_mask:
+                continue
+        out.append(name)
+    return out
+
+
+def _progress_callback(ctx):
+    def report(fraction, message):
+        ctx.set_progress(progress=fraction, label=message)
+    return report
+
+
+class PropagateOperator(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="propagate", label="FRTM: propagate masks through videos", dynamic=True,
+                                  allow_immediate_execution=True, allow_delegated_execution=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        ctx.target_view()  # opts the form into the system's dataset / current view / selected samples choice
+        if ctx.dataset is None or ctx.dataset.media_type != "video":
+            inputs.view("warning", types.Warning(label="FRTM propagates masks through videos: open a video "
+                                                       "dataset"))
+            return types.Property(inputs)
+        prompts = _prompt_fields(ctx)
+        if not prompts:
+            inputs.view("warning", types.Warning(
+                label="No frame-level mask field",
+                description="Prompts are frame-level Segmentation masks (object ids) or Detections with instance "
+                            "masks, on the frame where each object first appears."))
+            return types.Property(inputs)
+        choices = types.Dropdown()
+        for p in prompts:
+            choices.add_choice(p, label=f"frames.{p}")
+        inputs.enum("prompt_field", choices.values(), default=prompts[0], required=True, label="Prompt field",
+                    description="Masks on the frame where each object first appears", view=choices)
+        inputs.str("label_field", default="frtm", required=True, label="Output field",
+                   description="Writes frames.<field> (Segmentation), <field>_instances (Detections)")
+        model = types.RadioGroup()
+        for k, v in MODEL_CHOICES.items():
+            model.add_choice(k, label=v)
+        inputs.enum("model", model.values(), default="default", label="Model", view=model)
+        if ctx.params.get("model") == "path":
+            inputs.str("model_path", required=True, label="Checkpoint path",
+                       description="e.g. rn101_all.pth; its backbone is inferred from the file")
+        inputs.int("max_size", label="Inference size cap (px)", required=False,
+                   description="Longest side at which to infer; masks are stored at full resolution")
+        inputs.bool("store_heatmaps", default=False, label="Store coarse-score heatmaps",
+                    description="frames.<field>_scores: the target model's scores (the paper's Figure 1 view)")
+        inputs.bool("overwrite", default=False, label="Overwrite",
+                    description="Off: resume, skipping videos already done with the same configuration")
+        inputs.bool("delegate", default=False, label="Delegate",
+                    description="Run in a delegated worker (recommended for whole datasets)")
+        return types.Property(inputs, view=types.View(label="FRTM: propagate masks"))
+
+    def resolve_delegation(self, ctx):
+        return bool(ctx.params.get("delegate", False))
+
+    def execute(self, ctx):
+        p = ctx.params
+        model = p.get("model", "default")
+        if model == "path":
+            model = p["model_path"]
+        report = sdk.propagate(ctx.target_view(), p["prompt_field"], p.get("label_field", "frtm"), model=model,
+                               max_size=p.get("max_size") or None, store_heatmaps=bool(p.get("store_heatmaps")),
+                               overwrite=bool(p.get("overwrite")), progress=_progress_callback(ctx))
+        if not ctx.delegated:
+            ctx.trigger("reload_dataset")
+        return {"processed": len(report.processed), "skipped": len(report.skipped), "failed": report.failed,
+                "frames": report.frames, "fps": report.fps if report.seconds else None}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("processed", label="Videos propagated")
+        outputs.int("skipped", label="Videos skipped (already done)")
+        outputs.obj("failed", label="Videos that failed, and why")
+        outputs.int("frames", label="Frames")
+        outputs.float("fps", label="FPS")
+        return types.Property(outputs)
+
+
+class EvaluateOperator(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="evaluate", label="FRTM: DAVIS J&F evaluation", dynamic=True,
+                                  allow_immediate_execution=True, allow_delegated_execution=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        ctx.target_view()
+        segs = _frame_fields(ctx, (fo.Segmentation,))
+        if len(segs) < 2:
+            inputs.view("warning", types.Warning(label="Needs two frame-level Segmentation fields"))
+            return types.Property(inputs)
+        inputs.enum("pred_field", segs, default="frtm" if "frtm" in segs else segs[0], required=True,
+                    label="Predictions")
+        gt_default = "ground_truth" if "ground_truth" in segs else segs[-1]
+        inputs.enum("gt_field", segs, default=gt_default, required=True, label="Ground truth")
+        inputs.str("eval_key", default="davis", required=True, label="Evaluation key")
+        inputs.bool("delegate", default=False, label="Delegate")
+        return types.Property(inputs, view=types.View(label="FRTM: DAVIS J&F"))
+
+    def resolve_delegation(self, ctx):
+        return bool(ctx.params.get("delegate", False))
+
+    def execute(self, ctx):
+        p = ctx.params
+        summary = sdk.evaluate(ctx.target_view(), p["pred_field"], p["gt_field"], p.get("eval_key", "davis"),
+                               progress=_progress_callback(ctx))
+        if not ctx.delegated:
+            ctx.trigger("reload_dataset")
+        o = summary["overall"]
+        return {"J&F": o["J&F"], "J": o["J"], "F": o["F"]}
+
+
+class DavisJFMetric(EvaluationMetric):
+    """DAVIS J&F as a custom metric of ``evaluate_segmentations`` (its value: J&F over all objects)."""
+
+    @property
+    def config(self):
+        return EvaluationMetricConfig(name="davis_jf", label="DAVIS J&F", description="Region similarity J and "
+                                      "boundary accuracy F (DAVIS protocol), per frame, object and video",
+                                      eval_types=["segmentation"], lower_is_better=False, unlisted=True)
+
+    def compute(self, samples, results, progress=False, **kwargs):
+        cfg = results.config
+        summary = sdk.compute_davis(samples, cfg.pred_field, cfg.gt_field, results.key, progress=progress)
+        return summary["overall"]["J&F"]
+
+    def get_fields(self, samples, config, eval_key):
+        f = sdk.evaluation_fields(eval_key)
+        return f["sample"] + ["frames." + x for x in f["frame"]]
+
+
+def register(plugin):
+    plugin.register(PropagateOperator)
+    plugin.register(EvaluateOperator)
+    plugin.register(DavisJFMetric)

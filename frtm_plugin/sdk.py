@@ -1,0 +1,449 @@
+"""The FiftyOne SDK: propagate masks through the videos of any sample collection, and score them (DAVIS J&F).
+
+    import frtm_plugin
+    report = frtm_plugin.propagate(dataset, "prompt", "frtm")          # frames.prompt -> frames.frtm (+ _instances)
+    summary = frtm_plugin.evaluate(dataset, "frtm", "ground_truth", eval_key="davis")
+
+Both work from plain Python; the plugin's operators are thin wrappers over them. A propagation run is resumable:
+each finished video records its configuration's hash in ``<label_field>_frtm``, and a later run with the same
+configuration skips it. Labels are written in bulk, a chunk of frames per database write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+
+import fiftyone as fo
+
+from . import __version__
+from .core.target_model import SolverConfig
+from .core.tracker import TrackerConfig
+from .fo_labels import (PROMPT_TYPES, frame_field_name, frame_field_type, prompt_masks, to_detections, to_heatmap,
+                        to_segmentation)
+from .io.video import VideoReadError, iter_video_frames
+
+log = logging.getLogger(__name__)
+
+DAVIS_METRIC_URI = "@frtm/frtm-vos/davis_jf"
+
+
+@dataclass
+class PropagationReport:
+    processed: list[str] = field(default_factory=list)  # sample ids
+    skipped: dict[str, str] = field(default_factory=dict)  # sample id -> why (already done, or bad input)
+    failed: dict[str, str] = field(default_factory=dict)  # sample id -> the error that stopped it
+    frames: int = 0
+    seconds: float = 0.0
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds else float("nan")
+
+    def __str__(self) -> str:
+        s = f"{len(self.processed)} video(s) propagated, {self.frames} frames, {self.fps:.2f} FPS"
+        if self.skipped:
+            s += f"; {len(self.skipped)} skipped"
+        if self.failed:
+            s += f"; {len(self.failed)} failed: " + "; ".join(f"{k}: {v}" for k, v in self.failed.items())
+        return s
+
+
+def output_fields(label_field: str) -> dict[str, str]:
+    """The frame-level fields one propagation writes, and the sample-level completion marker."""
+    base = frame_field_name(label_field)
+    return {"segmentation": base, "instances": f"{base}_instances", "heatmap": f"{base}_scores",
+            "marker": f"{base}_frtm"}
+
+
+def _check_fields(samples, prompt_field: str, label_field: str, store_heatmaps: bool) -> None:
+    """Validate everything before touching a label: a bad field stops the run with nothing written."""
+    if samples.media_type != "video":
+        raise ValueError(f"FRTM propagates masks through videos; this collection's media type is "
+                         f"{samples.media_type!r}")
+    prompt_type = frame_field_type(samples, prompt_field)
+    if prompt_type is None:
+        raise ValueError(f"the prompt field 'frames.{frame_field_name(prompt_field)}' does not exist; frame-level "
+                         "fields: " + ", ".join(sorted(samples.get_frame_field_schema() or {})))
+    if prompt_type not in PROMPT_TYPES:
+        raise ValueError(f"the prompt field 'frames.{frame_field_name(prompt_field)}' holds "
+                         f"{getattr(prompt_type, '__name__', prompt_type)}; prompts must be Segmentation masks or "
+                         "Detections with instance masks")
+    out = output_fields(label_field)
+    if frame_field_name(label_field) == frame_field_name(prompt_field):
+        raise ValueError("the output field must differ from the prompt field")
+    wanted = {"segmentation": fo.Segmentation, "instances": fo.Detections, "heatmap": fo.Heatmap}
+    for kind, cls in wanted.items():
+        if kind == "heatmap" and not store_heatmaps:
+            continue
+        existing = frame_field_type(samples, out[kind])
+        if existing is not None and existing is not cls:
+            raise ValueError(f"the output field 'frames.{out[kind]}' already holds "
+                             f"{getattr(existing, '__name__', existing)}, not {cls.__name__}; choose another "
+                             "label_field or delete that field first")
+    schema = samples.get_field_schema()
+    if out["marker"] in schema and not isinstance(schema[out["marker"]], fo.StringField):
+        raise ValueError(f"the sample field '{out['marker']}' exists with another type; choose another label_field")
+
+
+def _declare_fields(dataset, out, store_instances, store_heatmaps) -> None:
+    """Create the output fields up front, so frames without a label can be written as None."""
+    frame_schema = dataset.get_frame_field_schema() or {}
+    for kind, cls, wanted in (("segmentation", fo.Segmentation, True), ("instances", fo.Detections, store_instances),
+                              ("heatmap", fo.Heatmap, store_heatmaps)):
+        if wanted and out[kind] not in frame_schema:
+            dataset.add_frame_field(out[kind], fo.EmbeddedDocumentField, embedded_doc_type=cls)
+    if out["marker"] not in dataset.get_field_schema():
+        dataset.add_sample_field(out["marker"], fo.StringField)
+
+
+def _run_config(info, tracker_config: TrackerConfig) -> dict:
+    import torch
+
+    return {
+        "model": info.model, "backbone": info.backbone, "target_layer": info.target_layer,
+        "segnet_path": info.segnet_path, "segnet_sha256": info.segnet_sha256,
+        "backbone_weights": info.backbone_weights,
+        "solver": asdict(tracker_config.solver), "num_aug": tracker_config.num_aug, "merge": tracker_config.merge,
+        "max_size": tracker_config.max_size, "seed": tracker_config.seed,
+        "versions": {"frtm_plugin": __version__, "torch": torch.__version__, "fiftyone": fo.__version__},
+    }
+
+
+def config_hash(config: dict) -> str:
+    keep = {k: v for k, v in config.items() if k not in ("versions", "backbone_weights", "segnet_path")}
+    return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_prompts(sample, prompt_field: str, frame_hw) -> tuple[dict[int, dict[int, np.ndarray]], dict[int, str]]:
+    """Frame index (0-based) -> {object id: mask} for objects that START there (first appearance wins)."""
+    prompts, names, seen = {}, {}, set()
+    for frame_number, frame in sample.frames.items():
+        label = frame[prompt_field] if frame.has_field(prompt_field) else None
+        if label is None:
+            continue
+        masks, frame_names = prompt_masks(label, frame_hw)
+        new = {i: m for i, m in masks.items() if i not in seen}
+        if new:
+            prompts[frame_number - 1] = new
+            seen |= set(new)
+            names.update({i: n for i, n in frame_names.items() if i in new})
+    return prompts, names
+
+
+def _propagate_one(tracker, dataset, sample, prompt_field, out, store_instances, store_heatmaps, run_hash, chunk,
+                   on_frame) -> int:
+    """Track one video and write its labels, then mark it done; returns the number of frames.
+    Bad input (no prompt, a mask of the wrong size, an unreadable video) raises before anything is written."""
+    marker = out["marker"]
+    frames = iter_video_frames(sample.filepath)
+    try:
+        first = next(frames)
+        prompts, names = _read_prompts(sample, prompt_field, first.shape[:2])
+        if not prompts:
+            raise ValueError(f"no prompt: no frame of 'frames.{prompt_field}' holds an object mask")
+        from .core.tracker import fit_mask
+
+        for index, masks in prompts.items():  # size checks up front: a bad mask must not leave half a video
+            for obj_id, m in masks.items():
+                fit_mask(m, first.shape[:2], obj_id)
+
+        target = dataset[sample.id]
+        target[marker] = None  # in progress: a resumed run redoes this video
+        target.save()
+        tracker.reset()
+        n = 0
+        pending = 0
+
+        def all_frames():
+            yield first
+            yield from frames
+
+        for index, image in enumerate(all_frames()):
+            frame_number = index + 1
+            if not tracker.objects and index not in prompts:
+                labels = np.zeros(image.shape[:2], np.uint8)
+                probs, coarse = {}, {}
+            else:
+                res = tracker.step(image, prompts.get(index))
+                labels = res.labels.cpu().numpy().astype(np.uint8)
+                probs = {k: v.cpu().numpy() for k, v in res.probabilities.items()}
+                coarse = {k: v.cpu().numpy() for k, v in res.coarse_scores.items()}
+            fr = target.frames[frame_number]
+            fr[out["segmentation"]] = to_segmentation(labels)
+            if store_instances:
+                fr[out["instances"]] = to_detections(labels, probs, names)
+            if store_heatmaps:
+                fr[out["heatmap"]] = to_heatmap(coarse)
+            n += 1
+            pending += 1
+            if pending >= chunk:
+                target.save()  # one bulk write per chunk of frames
+                pending = 0
+            on_frame()
+        target[marker] = run_hash  # stored with the last chunk: the video is complete
+        target.save()
+        return n
+    finally:
+        frames.close()
+
+
+def propagate(samples, prompt_field: str, label_field: str, model: str = "default", *, backbone: str | None = None,
+              device: str | None = None, max_size: int | None = None, num_aug: int = 5, merge: str = "released",
+              store_instances: bool = True, store_heatmaps: bool = False, overwrite: bool = False, seed: int = 0,
+              chunk_frames: int = 64, progress=True) -> PropagationReport:
+    """Propagate each video's prompt masks through the whole video and store the results as frame labels.
+
+    ``prompt_field``: a frame-level ``Segmentation`` (object ids as pixel values) or ``Detections`` with instance
+    masks; each object starts on the first frame where it appears. Writes ``frames.<label_field>``
+    (Segmentation of object ids), ``frames.<label_field>_instances`` (Detections: cropped mask, ``index`` = object
+    id, ``label`` from the prompt, ``confidence``) and optionally ``frames.<label_field>_scores`` (Heatmap of D's
+    coarse scores). ``overwrite=False`` resumes: videos already done with the same configuration are skipped.
+    ``progress``: True for a progress bar, False for none, or a callable ``f(fraction, message)``.
+    A video with no prompt, an unreadable video or a mask of the wrong size is reported and skipped; the others
+    proceed.
+    """
+    import torch
+
+    from .models import build_tracker
+
+    prompt_field = frame_field_name(prompt_field)
+    _check_fields(samples, prompt_field, label_field, store_heatmaps)
+    out = output_fields(label_field)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    config = TrackerConfig(solver=SolverConfig(), num_aug=num_aug, merge=merge, max_size=max_size, seed=seed)
+    tracker, info = build_tracker(model, backbone, device, config)
+    run_config = _run_config(info, config)
+    run_hash = config_hash(run_config)
+    dataset = samples._dataset
+    _declare_fields(dataset, out, store_instances, store_heatmaps)
+
+    samples.compute_metadata()  # frame counts for progress (skips samples that have it)
+    ids = samples.values("id")
+    done = dict(zip(ids, samples.values(out["marker"])))
+    total_frames = max(1, sum(n or 0 for n in samples.values("metadata.total_frame_count")))
+    report = PropagationReport()
+    bar, callback = _progress(progress, total_frames)
+    seen_frames = 0
+
+    def on_frame():
+        nonlocal seen_frames
+        seen_frames += 1
+        if bar is not None:
+            bar.update(1)
+        if callback is not None and seen_frames % 10 == 0:
+            callback(min(seen_frames / total_frames, 0.99), f"{seen_frames} frames")
+
+    _record_run(dataset, label_field, run_config, run_hash, status="running")
+    for sample in samples.select_fields(f"frames.{prompt_field}").iter_samples():
+        if not overwrite and done.get(sample.id) == run_hash:
+            report.skipped[sample.id] = "already propagated with this configuration"
+            continue
+        t0 = time.perf_counter()
+        try:
+            n = _propagate_one(tracker, dataset, sample, prompt_field, out, store_instances, store_heatmaps,
+                               run_hash, chunk_frames, on_frame)
+        except (ValueError, VideoReadError) as e:
+            msg = f"{sample.filepath}: {e}"
+            log.warning("skipped %s", msg)
+            report.failed[sample.id] = msg
+            continue
+        report.processed.append(sample.id)
+        report.frames += n
+        report.seconds += time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    if callback is not None:
+        callback(1.0, str(report))
+    _record_run(dataset, label_field, run_config, run_hash, status="done", report=report)
+    return report
+
+
+def _progress(progress, total):
+    if callable(progress):
+        return None, progress
+    if progress:
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="frame", desc="FRTM"), None
+    return None, None
+
+
+def _record_run(dataset, label_field, run_config, run_hash, status, report=None) -> None:
+    """The run's configuration on the dataset (FiftyOne's custom runs), so a result can be traced and reproduced."""
+    key = "frtm_" + "".join(c if c.isalnum() else "_" for c in frame_field_name(label_field))
+    payload = dict(run_config, label_field=frame_field_name(label_field), config_hash=run_hash, status=status,
+                   updated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    if report is not None:
+        payload.update(processed=len(report.processed), failed=report.failed, frames=report.frames,
+                       fps=round(report.fps, 3) if report.seconds else None)
+    dataset.register_run(key, dataset.init_run(**json.loads(json.dumps(payload, default=str))), overwrite=True)
+
+
+def run_config(dataset, label_field: str) -> dict:
+    """The configuration recorded by the last propagation into ``label_field``."""
+    key = "frtm_" + "".join(c if c.isalnum() else "_" for c in frame_field_name(label_field))
+    return dataset.get_run_info(key).config.serialize()
+
+
+# -- evaluation -----------------------------------------------------------------------------------------------------
+
+def evaluation_fields(eval_key: str) -> dict[str, list[str]]:
+    return {"sample": [f"{eval_key}_J", f"{eval_key}_F", f"{eval_key}_JF", f"{eval_key}_objects"],
+            "frame": [f"{eval_key}_J", f"{eval_key}_F", f"{eval_key}_JF"]}
+
+
+def _frame_stack(sample, field: str, numbers: list[int], hw) -> np.ndarray:
+    out = np.zeros((len(numbers), *hw), np.uint8)
+    for row, fn in enumerate(numbers):
+        label = sample.frames[fn][field] if sample.frames[fn].has_field(field) else None
+        mask = label.get_mask() if label is not None else None
+        if mask is not None:
+            if mask.shape != tuple(hw):
+                raise ValueError(f"{sample.filepath}, frame {fn}: mask of '{field}' is {mask.shape[0]}x"
+                                 f"{mask.shape[1]} but the ground truth is {hw[0]}x{hw[1]}")
+            out[row] = mask
+    return out
+
+
+def compute_davis(samples, pred_field: str, gt_field: str, eval_key: str, progress=True) -> dict:
+    """DAVIS J, F and J&F (``frtm_plugin.metrics``: the official protocol) for every video, stored as fields:
+
+    - frames: ``<eval_key>_J``, ``_F``, ``_JF``: means over the objects scored on that frame (unset on frames the
+      protocol excludes: an object's first frame, the last frame, frames without ground truth);
+    - samples: ``<eval_key>_J``, ``_F``, ``_JF``: means over the video's objects, and ``<eval_key>_objects``: per
+      object id, J/F/J&F means, recalls and decays;
+    - detections of ``<pred_field>_instances`` (when present): ``<eval_key>_J`` and ``_F`` of that object on that
+      frame.
+    Returns the summary (DAVIS global convention: means over all objects of all videos), also stored in
+    ``dataset.info["frtm_evaluations"][eval_key]``.
+    """
+    from .metrics import aggregate, evaluate_sequence
+
+    pred_field, gt_field = frame_field_name(pred_field), frame_field_name(gt_field)
+    for f, what in ((pred_field, "prediction"), (gt_field, "ground truth")):
+        t = frame_field_type(samples, f)
+        if t is not fo.Segmentation:
+            raise ValueError(f"the {what} field 'frames.{f}' must hold Segmentation masks, found "
+                             f"{getattr(t, '__name__', t)}")
+    inst_field = f"{pred_field}_instances"
+    has_instances = frame_field_type(samples, inst_field) is fo.Detections
+    dataset = samples._dataset
+    names = evaluation_fields(eval_key)
+    frame_schema, sample_schema = dataset.get_frame_field_schema() or {}, dataset.get_field_schema()
+    for name in names["frame"]:
+        if name not in frame_schema:
+            dataset.add_frame_field(name, fo.FloatField)
+    for name in names["sample"]:
+        if name not in sample_schema:
+            dataset.add_sample_field(name, fo.DictField if name.endswith("_objects") else fo.FloatField)
+    results, skipped = {}, {}
+    bar, callback = _progress(progress, len(samples))
+    for i, sample in enumerate(samples.iter_samples()):
+        numbers = [fn for fn, fr in sample.frames.items() if fr.has_field(gt_field) and fr[gt_field] is not None]
+        if not numbers:
+            skipped[sample.id] = "no ground truth"
+            continue
+        gt = _frame_stack(sample, gt_field, numbers, sample.frames[numbers[0]][gt_field].get_mask().shape)
+        pred = _frame_stack(sample, pred_field, numbers, gt.shape[1:])
+        res = evaluate_sequence(gt, pred, name=sample.id)
+        results[sample.id] = res
+        target = dataset[sample.id]
+        per_frame = res.per_frame()  # row -> {obj_id: (J, F)}
+        for row, fn in enumerate(numbers):
+            fr = target.frames[fn]
+            scores = per_frame.get(row, {})
+            vals = list(scores.values())
+            fr[f"{eval_key}_J"] = float(np.mean([j for j, _ in vals])) if vals else None
+            fr[f"{eval_key}_F"] = float(np.mean([f for _, f in vals])) if vals else None
+            fr[f"{eval_key}_JF"] = float(np.mean([(j + f) / 2 for j, f in vals])) if vals else None
+            if has_instances and fr.has_field(inst_field) and fr[inst_field] is not None:
+                for det in fr[inst_field].detections:
+                    if det.index in scores:
+                        det[f"{eval_key}_J"], det[f"{eval_key}_F"] = scores[det.index]
+        target[f"{eval_key}_J"] = _nan_to_none(res.J_mean)
+        target[f"{eval_key}_F"] = _nan_to_none(res.F_mean)
+        target[f"{eval_key}_JF"] = _nan_to_none(res.JF_mean)
+        target[f"{eval_key}_objects"] = {
+            str(k): {"J": _nan_to_none(o.J_mean), "F": _nan_to_none(o.F_mean), "JF": _nan_to_none(o.JF_mean),
+                     "J_recall": _nan_to_none(o.J_recall), "J_decay": _nan_to_none(o.J_decay),
+                     "F_recall": _nan_to_none(o.F_recall), "F_decay": _nan_to_none(o.F_decay)}
+            for k, o in res.objects.items() if o.scored}
+        target.save()
+        if bar is not None:
+            bar.update(1)
+        if callback is not None:
+            callback((i + 1) / len(samples), f"{i + 1} videos scored")
+    if bar is not None:
+        bar.close()
+    if not results:
+        raise ValueError(f"no video has ground truth in 'frames.{gt_field}'")
+    agg = aggregate(results)
+    summary = {"eval_key": eval_key, "pred_field": pred_field, "gt_field": gt_field, "overall": agg["overall"],
+               "samples": {r["sequence"]: r for r in agg["rows"]}, "skipped": skipped}
+    summary = json.loads(json.dumps(summary, default=_json_default))
+    dataset.info.setdefault("frtm_evaluations", {})[eval_key] = summary
+    dataset.save()
+    return summary
+
+
+def _nan_to_none(x):
+    return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
+
+
+def _json_default(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return _nan_to_none(float(x))
+    raise TypeError(type(x))
+
+
+def evaluate(samples, pred_field: str, gt_field: str, eval_key: str = "davis", progress=True) -> dict:
+    """Score ``pred_field`` against ``gt_field`` with DAVIS J, F and J&F, stored per frame, object and video.
+
+    When this package's FiftyOne plugin is installed, the scores are computed as a custom metric of FiftyOne's
+    own ``evaluate_segmentations`` run under ``eval_key`` (so the App's evaluation panel lists it, next to
+    FiftyOne's pixel accuracy / precision / recall); otherwise the same computation runs on its own. Prints and
+    returns the summary.
+    """
+    if _davis_metric_available():
+        samples.evaluate_segmentations(frame_field_prefix(pred_field), gt_field=frame_field_prefix(gt_field),
+                                       eval_key=eval_key, custom_metrics={DAVIS_METRIC_URI: {"progress": progress}},
+                                       progress=bool(progress) if not callable(progress) else False)
+        summary = samples._dataset.info.get("frtm_evaluations", {}).get(eval_key)
+        if summary is None:  # FiftyOne logs (and swallows) a failing custom metric: say it, and compute directly
+            log.warning("FiftyOne did not run the DAVIS metric; computing it directly")
+            summary = compute_davis(samples, pred_field, gt_field, eval_key, progress)
+    else:
+        summary = compute_davis(samples, pred_field, gt_field, eval_key, progress)
+    print(format_summary(summary))
+    return summary
+
+
+def frame_field_prefix(field: str) -> str:
+    return "frames." + frame_field_name(field)
+
+
+def _davis_metric_available() -> bool:
+    try:
+        import fiftyone.operators as foo
+
+        foo.get_operator(DAVIS_METRIC_URI)
+        return True
+    except Exception:
+        return False
+
+
+def format_summary(summary: dict) -> str:
+    o = summary["overall"]
+    lines = [f"DAVIS evaluation '{summary['eval_key']}': {summary['pred_field']} vs {summary['gt_field']}",
+             f"  J&F {o['J&F']:.3f}   J {o['J']:.3f}   F {o['F']:.3f}   (means over objects; "
+             f"J-recall {o['J-recall']:.3f}, F-recall {o['F-recall']:.3f})"]
+    if summary.get("skipped"):
+        lines.append(f"  skipped: {len(summary['skipped'])} video(s) without ground truth")
+    return "\n".join(lines)
