@@ -67,7 +67,8 @@ class PropagateOperator(foo.Operator):
         choices = types.Dropdown()
         for p in prompts:
             choices.add_choice(p, label=f"frames.{p}")
-        inputs.enum("prompt_field", choices.values(), default=prompts[0], required=True, label="Prompt field",
+        default = next((p for p in prompts if "prompt" in p), prompts[0])
+        inputs.enum("prompt_field", choices.values(), default=default, required=True, label="Prompt field",
                     description="Masks on the frame where each object first appears", view=choices)
         inputs.str("label_field", default="frtm", required=True, label="Output field",
                    description="Writes frames.<field> (Segmentation), <field>_instances (Detections)")
@@ -153,9 +154,11 @@ class DavisJFMetric(EvaluationMetric):
 
     @property
     def config(self):
-        return EvaluationMetricConfig(name="davis_jf", label="DAVIS J&F", description="Region similarity J and "
-                                      "boundary accuracy F (DAVIS protocol), per frame, object and video",
-                                      eval_types=["segmentation"], lower_is_better=False, unlisted=True)
+        cfg = EvaluationMetricConfig(name="davis_jf", label="DAVIS J&F", description="Region similarity J and "
+                                     "boundary accuracy F (DAVIS protocol), per frame, object and video",
+                                     eval_types=["segmentation"], lower_is_better=False, unlisted=True)
+        cfg.kwargs["lower_is_better"] = False  # FiftyOne reads the flag from here when it stores the value
+        return cfg
 
     def compute(self, samples, results, progress=False, **kwargs):
         cfg = results.config

@@ -413,7 +413,7 @@ def evaluate(samples, pred_field: str, gt_field: str, eval_key: str = "davis", p
     """
     if _davis_metric_available():
         samples.evaluate_segmentations(frame_field_prefix(pred_field), gt_field=frame_field_prefix(gt_field),
-                                       eval_key=eval_key, custom_metrics={DAVIS_METRIC_URI: {"progress": progress}},
+                                       eval_key=eval_key, custom_metrics=[DAVIS_METRIC_URI],
                                        progress=bool(progress) if not callable(progress) else False)
         summary = samples._dataset.info.get("frtm_evaluations", {}).get(eval_key)
         if summary is None:  # FiftyOne logs (and swallows) a failing custom metric: say it, and compute directly

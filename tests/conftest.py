@@ -1,11 +1,31 @@
 """Shared fixtures. Real data lives in ../shared/data beside the checkout (CI has it; a user's machine may not)."""
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# FiftyOne reads its configuration when first imported: point it at a throwaway database and a plugins folder
+# holding this repository (the plugin directory) before any test imports it.
+_FO_TMP = Path(tempfile.mkdtemp(prefix="frtm-fiftyone-"))
+(_FO_TMP / "plugins").mkdir()
+(_FO_TMP / "plugins" / "frtm-vos").symlink_to(ROOT, target_is_directory=True)
+os.environ.update(
+    FIFTYONE_DATABASE_DIR=str(_FO_TMP / "db"),
+    FIFTYONE_PLUGINS_DIR=str(_FO_TMP / "plugins"),
+    FIFTYONE_DATABASE_VALIDATION="false",
+    FIFTYONE_DO_NOT_TRACK="true",
+    FIFTYONE_DEFAULT_DATASET_DIR=str(_FO_TMP / "datasets"),
+)
+FIFTYONE_TMP = _FO_TMP
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_FO_TMP, ignore_errors=True)
 SHARED_DATA = Path(os.environ.get("FRTM_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 

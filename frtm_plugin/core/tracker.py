@@ -120,7 +120,7 @@ class FRTMTracker:
         hw = inference_size(full_hw, self.config.max_size)
         if hw != full_hw:
             image = cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
-        prompts = self._prepare_prompts(new_masks or {}, full_hw, hw)
+        prompts, full_prompts = self._prepare_prompts(new_masks or {}, full_hw, hw)
         if not self.objects and not prompts:
             raise ValueError("no object to track: give the masks of the objects to follow on the frame where each "
                              "first appears (new_masks={obj_id: mask})")
@@ -155,6 +155,11 @@ class FRTMTracker:
 
         if hw != full_hw:
             stacked = F.interpolate(stacked[None], size=full_hw, mode="bilinear", align_corners=False)[0]
+            if full_prompts:  # an annotated frame keeps its annotation exactly, not a resampled copy
+                given = {i: torch.from_numpy(m).to(stacked) for i, m in full_prompts.items()}
+                keep = 1.0 - torch.stack(list(given.values())).amax(dim=0)
+                for row, obj_id in enumerate(ids):
+                    stacked[row] = given[obj_id] if obj_id in given else stacked[row] * keep
         index = merge_labels(stacked, self.config.merge)
         lut = torch.tensor([0] + ids, device=index.device)
         return StepOutput(labels=lut[index], probabilities={i: stacked[r] for r, i in enumerate(ids)},
@@ -172,8 +177,9 @@ class FRTMTracker:
     def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(image).to(self.device).permute(2, 0, 1)
 
-    def _prepare_prompts(self, new_masks, full_hw, hw) -> dict[int, np.ndarray]:
-        prompts = {}
+    def _prepare_prompts(self, new_masks, full_hw, hw) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+        """Checked prompt masks at the inference size, and at the frame's size when the two differ."""
+        prompts, full = {}, {}
         for obj_id, mask in new_masks.items():
             obj_id = int(obj_id)
             if not 1 <= obj_id <= MAX_OBJECT_ID:
@@ -183,13 +189,14 @@ class FRTMTracker:
                 raise ValueError(f"the mask of object {obj_id} on frame {self.frame_index} is empty: "
                                  "an object needs at least one foreground pixel where it starts")
             if hw != full_hw:
+                full[obj_id] = m
                 small = cv2.resize(m.astype(np.uint8), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST) > 0
                 if not small.any():  # a sliver that vanished when shrinking: keep its nearest pixel rather than fail
                     ys, xs = np.nonzero(m)
                     small[int(ys[0] * hw[0] / full_hw[0]), int(xs[0] * hw[1] / full_hw[1])] = True
                 m = small
             prompts[obj_id] = m
-        return prompts
+        return prompts, full
 
     def _start_object(self, obj_id: int, image: np.ndarray, mask: np.ndarray) -> None:
         cfg = self.config
