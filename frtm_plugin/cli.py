@@ -5,6 +5,7 @@
     track --frames DIR --annotations DIR --out DIR ...          one sequence folder pair
     track --video FILE --mask PNG [--mask-frame N] --out DIR ...  a video and the mask of its first annotated frame
     evaluate --davis ROOT --results DIR [--sequences a,b]
+    demo [--name frtm-demo]      FiftyOne: import the shipped clip, propagate with the plugin's operator, score it
 
 The verbs and options are kept stable: scripts call them.
 """
@@ -52,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-progress", action="store_true")
+
+    d = sub.add_parser("demo", help="FiftyOne demo: import the shipped clip, propagate with the plugin, score it")
+    d.add_argument("--name", default="frtm-demo", help="dataset name (persistent; replaced if it exists)")
+    d.add_argument("--model", default="default")
+    d.add_argument("--max-size", type=int)
 
     e = sub.add_parser("evaluate", help="DAVIS J, F, J&F of a results folder")
     e.add_argument("--davis", type=Path, required=True)
@@ -194,11 +200,18 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.name, args.model, args.max_size)
+    return 0
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        return {"track": cmd_track, "evaluate": cmd_evaluate}[args.command](args)
+        return {"track": cmd_track, "evaluate": cmd_evaluate, "demo": cmd_demo}[args.command](args)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -280,3 +280,20 @@ def test_killed_delegated_run_resumes_to_complete_labels(clip):
             assert all(np.array_equal(a, b) for a, b in zip(masks, reference))  # all videos complete and equal
     finally:
         ds.delete()
+
+
+def test_demo_builds_scores_and_keeps_the_dataset(capsys):
+    """The README's main job, on a smaller setting: persistent dataset, operator run, J&F printed."""
+    from frtm_plugin.demo import run_demo
+
+    out = run_demo("demo-test", model="d-only", max_size=256)
+    printed = capsys.readouterr().out
+    ds = fo.load_dataset("demo-test")
+    try:
+        assert ds.persistent and len(ds) == 1 and ds.count("frames") == 35
+        assert out["propagate"]["frames"] == 35 and out["propagate"]["failed"] == {}
+        assert 0.3 < out["evaluate"]["J&F"] <= 1
+        assert "DAVIS J&F" in printed and "FPS" in printed and "app launch demo-test" in printed
+        assert ds.first()["davis_JF"] == pytest.approx(out["evaluate"]["J&F"])
+    finally:
+        ds.delete()
