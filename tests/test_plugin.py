@@ -96,6 +96,7 @@ def test_propagate_operator_equals_sdk(clip, delegate):
         else:
             ops = DelegatedOperationService().list_operations(dataset_name=ds.name)
             assert [o.run_state for o in ops] == ["completed"]
+            assert ops[0].status.progress == 1.0 and "1 video(s) propagated" in ops[0].status.label
         sdk, op = _masks(ds, "sdk"), _masks(ds, "op")
         assert len(op[0]) == N_FRAMES
         for a, b in zip(sdk[0], op[0]):
