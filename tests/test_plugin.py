@@ -18,6 +18,7 @@ from fiftyone.operators.delegated import DelegatedOperationService  # noqa: E402
 import frtm_plugin  # noqa: E402
 from frtm_plugin.io.davis import load_sequence  # noqa: E402
 from frtm_plugin.io.labels import read_label_png  # noqa: E402
+from frtm_plugin.io.video import write_video  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
@@ -25,25 +26,12 @@ FAST = dict(model="d-only", max_size=256)
 N_FRAMES = 8
 
 
-def _write_video(path: Path, frames, fps=10):
-    import av
-
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-
-
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     """The demo clip's first frames as an H.264 MP4, with its ground-truth masks."""
     seq = load_sequence(DEMO, "rollerblade")
     path = tmp_path_factory.mktemp("media") / "rollerblade.mp4"
-    _write_video(path, [seq.read_frame(i) for i in range(N_FRAMES)])
+    write_video(path, [seq.read_frame(i) for i in range(N_FRAMES)])
     gts = [read_label_png(seq.annotation_paths[i]) for i in range(N_FRAMES)]
     return path, gts
 

@@ -52,3 +52,21 @@ def video_info(path: str | os.PathLike) -> dict:
     if not count:
         count = sum(1 for _ in iter_video_frames(path))
     return {"num_frames": count, "fps": rate, "height": height, "width": width}
+
+
+def write_video(path: str | os.PathLike, frames, fps: int = 24, codec: str = "libx264") -> Path:
+    """Encode RGB frames ((H, W, 3) uint8, even sizes for H.264) to a video file with PyAV."""
+    import av
+
+    path = Path(path)
+    frames = iter(frames)
+    first = next(frames)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = first.shape[1], first.shape[0], "yuv420p"
+        for f in (first, *frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
