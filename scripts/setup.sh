@@ -7,10 +7,12 @@ VENV=${FRTM_VENV:-.venv}
 PY=${PYTHON:-python3}
 want_test=0; [ "${1:-}" = "--test" ] && want_test=1
 
-key=$(cat scripts/setup.sh requirements.txt setup.py pyproject.toml | sha256sum | cut -c1-16)
+# csrc/ is in the key: a change to the extension sources rebuilds it.
+key=$(cat scripts/setup.sh requirements.txt setup.py pyproject.toml csrc/* | sha256sum | cut -c1-16)
 stamp="$VENV/.setup-$key"
 test_stamp="$VENV/.setup-test-$(sha256sum requirements-test.txt | cut -c1-16)"
-if [ -f "$stamp" ] && { [ $want_test = 0 ] || [ -f "$test_stamp" ]; }; then exit 0; fi
+have_chromium() { command -v chromium >/dev/null 2>&1; }
+if [ -f "$stamp" ] && { [ $want_test = 0 ] || { [ -f "$test_stamp" ] && have_chromium; }; }; then exit 0; fi
 
 log() { printf '[setup] %s\n' "$*"; }
 
@@ -42,10 +44,19 @@ if [ ! -f "$stamp" ]; then
   rm -f "$VENV"/.setup-[0-9a-f]*
   touch "$stamp"
 fi
+# Debian's Chromium for the App's end-to-end test (tests/test_app.py drives it with Playwright; never a download).
+if [ $want_test = 1 ] && ! have_chromium; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing Debian's chromium"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+  else
+    log "warning: chromium not found and cannot be installed without root; tests/test_app.py will be skipped"
+  fi
+fi
 if [ $want_test = 1 ] && [ ! -f "$test_stamp" ]; then
   log "installing requirements-test.txt"
   "$VENV/bin/python" -m pip -q --disable-pip-version-check install -r requirements-test.txt
-  "$VENV/bin/python" -c "import pytest, vos_benchmark"
+  "$VENV/bin/python" -c "import pytest, vos_benchmark, playwright.sync_api"
   rm -f "$VENV"/.setup-test-*
   touch "$test_stamp"
 fi

@@ -8,6 +8,10 @@ The loss over a memory of K samples,
 is seen only through the per-sample stencils G_k and maps bh_k (``ops.stencil_precompute``), so no product here
 touches the label grid. Because W2 has one output channel, every Jacobian product of the init problem folds onto a
 single (C, 9) kernel applied to the raw features (one GEMM each way).
+
+Every product goes through ``ops.normal_corr`` / ``ops.init_products``, which the compiled extension fuses into one
+pass over the features. Where the extension runs, ``fused_solve`` also runs all Gauss-Newton steps and their CG
+iterations in one call (``core.solver.gauss_newton`` uses it); it computes what the Python loop computes.
 """
 
 from __future__ import annotations
@@ -26,13 +30,9 @@ class _Data:
         self.bh = target
         self.w = sample_weights.view(-1, 1, 1)
 
-    def residual_map(self, scores: torch.Tensor) -> torch.Tensor:
-        """t_k = g_k (G_k * s_k - bh_k): U^T of the weighted full-resolution residual, on the feature grid."""
-        return self.w * (ops.stencil_apply(self.g, scores) - self.bh)
-
-    def normal_map(self, scores: torch.Tensor) -> torch.Tensor:
-        """g_k G_k * s_k: U^T diag(g v) U applied to a score perturbation."""
-        return self.w * ops.stencil_apply(self.g, scores)
+    def normal_corr(self, kernel: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """corr3x3(x, g_k (G_k * conv3x3(x, kernel) - target_k)): J^T of a weighted residual, or J^T J of a kernel."""
+        return ops.normal_corr(self.x, kernel, self.g, self.w.view(-1), target)
 
 
 class InitProblem(_Data):
@@ -42,28 +42,28 @@ class InitProblem(_Data):
         super().__init__(features, stencil, target, sample_weights)
         self.reg1, self.reg2 = reg[0] ** 2, reg[1] ** 2
 
-    def _jt(self, w1, w2, t):
-        """J^T t for a feature-grid residual t: both weight gradients from one (C, 9) correlation."""
-        corr = ops.corr3x3_flat(self.x, t)
-        return w2 @ corr.t(), w1 @ corr
-
     def scores(self, w1, w2) -> torch.Tensor:
         return ops.conv3x3_flat(self.x, w1.t() @ w2)
 
     def linearize(self, params):
         w1, w2 = params
-        t = self.residual_map(self.scores(w1, w2))
-        g1, g2 = self._jt(w1, w2, t)
-        b = (-(g1 + self.reg1 * w1), -(g2 + self.reg2 * w2))
+        # J^T t for t = g (G * D(x) - bh): both weight gradients from one (C, 9) correlation.
+        corr = self.normal_corr(w1.t() @ w2, self.bh)
+        b = (-(w2 @ corr.t() + self.reg1 * w1), -(w1 @ corr + self.reg2 * w2))
 
         def apply_a(p):
-            p1, p2 = p
             # J (P1, P2) = conv3x3(x, W2 o P1 + P2 o W1): the c channels contracted into one kernel.
-            jp = ops.conv3x3_flat(self.x, p1.t() @ w2 + w1.t() @ p2)
-            a1, a2 = self._jt(w1, w2, self.normal_map(jp))
-            return a1 + self.reg1 * p1, a2 + self.reg2 * p2
+            return ops.init_products(self.x, self.g, self.w.view(-1), w1, w2, *p, self.reg1, self.reg2)
 
         return b, apply_a
+
+    def fused_solve(self, params, cg_iters, preconditioner):
+        """All GN steps in one extension call; None where the extension does not run (the caller loops instead)."""
+        if not ops.fused_solver_available(self.x):
+            return None
+        w1, w2 = params
+        return ops.init_solve(self.x, self.g, self.bh, self.w.view(-1), w1, w2, self.reg1, self.reg2,
+                              preconditioner, cg_iters)
 
 
 class UpdateProblem(_Data):
@@ -78,12 +78,18 @@ class UpdateProblem(_Data):
 
     def linearize(self, params):
         (w2,) = params
-        t = self.residual_map(self.scores(w2))
-        b = (-(ops.corr3x3_flat(self.x, t) + self.reg2 * w2),)
+        b = (-(self.normal_corr(w2, self.bh) + self.reg2 * w2),)
 
         def apply_a(p):
             (p2,) = p
-            q = self.normal_map(ops.conv3x3_flat(self.x, p2))
-            return (ops.corr3x3_flat(self.x, q) + self.reg2 * p2,)
+            return (self.normal_corr(p2) + self.reg2 * p2,)
 
         return b, apply_a
+
+    def fused_solve(self, params, cg_iters, preconditioner):
+        """All GN steps in one extension call; None where the extension does not run (the caller loops instead)."""
+        if not ops.fused_solver_available(self.x):
+            return None
+        (w2,) = params
+        return (ops.update_solve(self.x, self.g, self.bh, self.w.view(-1), w2, self.reg2, preconditioner[0],
+                                 cg_iters),)

@@ -59,10 +59,20 @@ def conjugate_gradient(
 
 
 def gauss_newton(
-    problem: LeastSquaresProblem, params: Tensors, cg_iters: Sequence[int], preconditioner: Sequence[float]
+    problem: LeastSquaresProblem, params: Tensors, cg_iters: Sequence[int], preconditioner: Sequence[float],
+    fused: bool = True,
 ) -> Tensors:
-    """One Gauss-Newton step per entry of ``cg_iters``, each solved with that many CG iterations."""
+    """One Gauss-Newton step per entry of ``cg_iters``, each solved with that many CG iterations.
+
+    A problem may offer ``fused_solve(params, cg_iters, preconditioner)``: the same steps in one compiled call
+    (returning None where it cannot run). ``fused=False`` forces the Python loop below.
+    """
     params = tuple(p.detach() for p in params)
+    solve = getattr(problem, "fused_solve", None) if fused else None
+    if solve is not None:
+        out = solve(params, tuple(cg_iters), tuple(preconditioner))
+        if out is not None:
+            return out
     for n in cg_iters:
         b, apply_a = problem.linearize(params)
         delta = conjugate_gradient(apply_a, b, preconditioner, n)
