@@ -1,0 +1,370 @@
+"""End to end in the real FiftyOne App: propagate masks with the plugin, serve the App from a subprocess, drive
+Debian's headless Chromium with Playwright, and check (and keep) two screenshots:
+
+- ``artifacts/app/sample_with_masks.png``: the sample open in the App's modal, on the clip's LAST frame, with
+  ``frames.frtm`` (the propagated Segmentation) shown;
+- ``artifacts/app/propagate_form.png``: the ``propagate`` operator's form, opened from the operator browser.
+
+``artifacts/app/sample_without_masks.png`` (the same frame with every label field hidden) is kept beside them, and
+``*_failure.png`` shots when a step fails. Skipped (not failed) only when Chromium, Playwright or the App server
+cannot start here at all. Chromium comes from Debian (``scripts/setup.sh --test``); Playwright never downloads one.
+"""
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+fo = pytest.importorskip("fiftyone")
+pw = pytest.importorskip("playwright.sync_api")
+
+import frtm_plugin  # noqa: E402
+from frtm_plugin.io.davis import load_sequence  # noqa: E402
+from frtm_plugin.io.labels import read_label_png  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "data" / "demo"
+ARTIFACTS = ROOT / "artifacts" / "app"
+N_FRAMES = 8
+CHROMIUM = os.environ.get("FRTM_CHROMIUM", "/usr/bin/chromium")
+# Flags from the build notes: without the networking ones Chromium keeps dialling Google on this closed network.
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"]
+VIEWPORT = {"width": 1400, "height": 900}
+# The propagated mask is drawn in a colour the scene lacks, so it can be found in the screenshot.
+OVERLAY = "#ffff00"
+
+
+def _write_video(path: Path, frames, fps=10):
+    """H.264 MP4 (the only video the App plays)."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def app_dataset(tmp_path_factory):
+    """A persistent one-video dataset (the App server is another process) with gt, a first-frame prompt and the
+    plugin's output: frames.frtm (Segmentation) and frames.frtm_instances (Detections)."""
+    seq = load_sequence(DEMO, "rollerblade")
+    path = tmp_path_factory.mktemp("app-media") / "rollerblade.mp4"
+    _write_video(path, [seq.read_frame(i) for i in range(N_FRAMES)])
+    gts = [read_label_png(seq.annotation_paths[i]) for i in range(N_FRAMES)]
+    name = f"frtm-app-{os.getpid()}"
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    ds = fo.Dataset(name, persistent=True)
+    try:
+        ds.add_sample(fo.Sample(filepath=str(path)))
+        s = ds.first()
+        for i, gt in enumerate(gts):
+            s.frames[i + 1]["gt"] = fo.Segmentation(mask=gt)
+        s.frames[1]["prompt"] = fo.Segmentation(mask=gts[0])
+        s.save()
+        ds.compute_metadata()
+        ds.app_config.color_scheme = fo.ColorScheme(color_by="field", opacity=0.7, fields=[
+            {"path": "frames.frtm", "fieldColor": OVERLAY, "maskTargetsColors": [{"intTarget": 1, "color": OVERLAY}]},
+            {"path": "frames.frtm_instances", "fieldColor": OVERLAY}])
+        ds.save()
+        report = frtm_plugin.propagate(ds, "prompt", "frtm", model="d-only", max_size=256, progress=False)
+        assert len(report.processed) == 1 and report.frames == N_FRAMES
+        schema = ds.get_frame_field_schema()
+        assert {"frtm", "frtm_instances"} <= set(schema)
+        yield ds
+    finally:
+        ds.delete()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen):
+    """The server runs in its own session: end its whole process group (Ctrl-C first, as a user would)."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGINT, 10), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+
+
+@pytest.fixture(scope="module")
+def app_url(app_dataset, tmp_path_factory):
+    """The App server (``python -m fiftyone.server.main``) in a subprocess, on a free port, sharing this process's
+    database and plugins folder (conftest.py's environment)."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("app-server") / "server.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "fiftyone.server.main", "--port", str(port),
+                                 "--address", "127.0.0.1"], env=os.environ.copy(), cwd=ROOT,
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.skip(f"the FiftyOne App server exited ({proc.returncode}): {log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(url + "/", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.skip(f"the FiftyOne App server did not answer within 120 s: {log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        # A fresh server holds no dataset, and the first browser to connect sometimes ends on "No dataset selected"
+        # (a race in the App's start-up). Open the dataset once through the App's own event endpoint, as the App's
+        # initializer would, so the server's state holds it before any browser connects.
+        body = ('{"initializer": {"dataset": "%s"}, "events": ["state_update"], "subscription": "frtm-test-warmup",'
+                ' "polling": true}' % app_dataset.name).encode()
+        req = urllib.request.Request(url + "/events", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert app_dataset.name in r.read().decode()
+        yield url
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"no Chromium at {CHROMIUM} (scripts/setup.sh --test installs Debian's chromium)")
+    try:
+        play = pw.sync_playwright().start()
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"Playwright could not start: {e}")
+    try:
+        try:
+            b = play.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS, timeout=60_000)
+        except Exception as e:  # noqa: BLE001
+            pytest.skip(f"Chromium could not start: {e}")
+        try:
+            yield b
+        finally:
+            b.close()
+    finally:
+        play.stop()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(viewport=VIEWPORT)
+    pg = ctx.new_page()
+    pg.set_default_timeout(30_000)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        yield pg
+    finally:
+        ctx.close()
+
+
+@contextlib.contextmanager
+def _failure_shot(pg, name):
+    """On a failure, keep what the browser showed as artifacts/app/<name>_failure.png."""
+    (ARTIFACTS / f"{name}_failure.png").unlink(missing_ok=True)
+    try:
+        yield
+    except BaseException:
+        try:
+            pg.screenshot(path=str(ARTIFACTS / f"{name}_failure.png"))
+        except Exception:  # noqa: BLE001
+            pass
+        raise
+
+
+def _open(pg, url, ready_selector, attempts=2):
+    """Load a page of the App; reload once if it never gets ready (a start-up race of the App)."""
+    for i in range(attempts):
+        pg.goto(url, wait_until="load", timeout=60_000)
+        try:
+            pg.locator(ready_selector).first.wait_for(timeout=40_000)
+            return
+        except pw.TimeoutError:
+            if i == attempts - 1:
+                raise
+
+
+def _png(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.int32)
+
+
+def _image_rect(shot: np.ndarray):
+    """Where the video frame lies in a screenshot of the looker canvas: the rows and columns that differ from the
+    canvas background (the frame is letterboxed on a flat background)."""
+    bg = shot[2, 2]
+    fg = np.abs(shot - bg).sum(-1) > 30
+    rows, cols = np.flatnonzero(fg.mean(1) > 0.5), np.flatnonzero(fg.mean(0) > 0.5)
+    return rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+
+
+def _overlay_pixels(shot: np.ndarray) -> np.ndarray:
+    """Pixels tinted by the yellow overlay at opacity 0.7: R, G >= 0.7 * 255, B <= 0.3 * 255."""
+    r, g, b = shot[..., 0], shot[..., 1], shot[..., 2]
+    return (r > 170) & (g > 170) & (b < 100)
+
+
+def _iou(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+def _fit(mask: np.ndarray, h: int, w: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 0
+
+
+def _close_modal(pg):
+    """A click on the backdrop (the viewport's corner, outside the modal's panel) closes it; Escape does not while a
+    control of the modal has the focus."""
+    pg.mouse.click(VIEWPORT["width"] - 3, VIEWPORT["height"] - 3)
+    pw.expect(pg.locator('[data-cy="modal"]')).to_be_hidden()
+
+
+def _show_only(modal, fields_on, all_fields):
+    for f in all_fields:
+        box = modal.locator(f'[data-cy="checkbox-{f}"] input')
+        if box.is_checked() != (f in fields_on):
+            box.click()
+    for f in all_fields:
+        pw.expect(modal.locator(f'[data-cy="checkbox-{f}"] input')).to_be_checked(checked=f in fields_on)
+
+
+def _go_to_last_frame(pg, modal):
+    """Step the modal's video to its last frame with the timeline's "Step forward" button; return the playhead's
+    text, switched to frame numbers ("#<index> / #<count>", index from 0)."""
+    time_label = modal.get_by_test_id("timeline-playhead-time")
+    pw.expect(time_label).not_to_have_text("0:00.00 / 0:00.00", timeout=30_000)  # the video's duration is known
+    if not time_label.inner_text().startswith("#"):
+        time_label.click()  # "click to switch to frame numbers"
+    pw.expect(time_label).to_have_text(re.compile(r"^#\d+ / #%d$" % N_FRAMES))
+    want = f"#{N_FRAMES - 1} / #{N_FRAMES}"
+    step = modal.get_by_test_id("timeline-controls-step-forward")
+    for _ in range(2 * N_FRAMES):
+        now = time_label.inner_text()
+        if now == want:
+            break
+        step.click()
+        pw.expect(time_label).not_to_have_text(now, timeout=10_000)
+    pg.mouse.move(2, 2)  # no hover tooltip over the canvas
+    pg.wait_for_timeout(1500)  # let the frame's labels render
+    return time_label.inner_text()
+
+
+def test_sample_modal_shows_propagated_masks(page, app_dataset, app_url):
+    """Opens the sample in the modal (URL state ``?id=``), steps to the last frame, and screenshots the canvas with
+    all label fields hidden, then with only frames.frtm shown.
+
+    Checks: the DOM shows frames.frtm active and the playhead on the last frame; without labels no overlay-coloured
+    pixels are present; with frames.frtm, the overlay-coloured pixels coincide with the stored mask of the LAST frame
+    projected onto the displayed frame (IoU > 0.5), and clearly better than with the first frame's mask (the prompt),
+    so what is shown is the propagated result, on the frame it belongs to."""
+    ds = app_dataset
+    sample = ds.first()
+    last = sample.frames[N_FRAMES]["frtm"].get_mask() > 0
+    first = sample.frames[1]["frtm"].get_mask() > 0
+    assert _iou(last, first) < 0.5, "the object hardly moves: the frame check below would be meaningless"
+    fields = ["frames.gt", "frames.prompt", "frames.frtm", "frames.frtm_instances"]
+
+    with _failure_shot(page, "sample_with_masks"):
+        _check_sample_modal(page, app_url, ds, sample, last, first, fields)
+
+
+def _check_sample_modal(page, app_url, ds, sample, last, first, fields):
+    _open(page, f"{app_url}/datasets/{ds.name}?id={sample.id}", '[data-cy="modal"] [data-cy="checkbox-frames.frtm"]')
+    modal = page.locator('[data-cy="modal"]')
+    canvas = modal.locator('[data-cy="looker"] canvas')
+
+    _show_only(modal, [], fields)
+    _go_to_last_frame(page, modal)
+    off = _png(canvas.screenshot())
+    page.screenshot(path=str(ARTIFACTS / "sample_without_masks.png"))
+
+    _show_only(modal, ["frames.frtm"], fields)
+    page.wait_for_timeout(1000)  # toggling a field reloads the looker (back to the first frame): step again
+    playhead = _go_to_last_frame(page, modal)
+    on = _png(canvas.screenshot())
+    page.screenshot(path=str(ARTIFACTS / "sample_with_masks.png"))
+
+    assert playhead == f"#{N_FRAMES - 1} / #{N_FRAMES}"
+    assert modal.locator('[data-cy="checkbox-frames.frtm"] input').is_checked()
+
+    scores = {}
+    for name, shot in (("off", off), ("on", on)):
+        y0, y1, x0, x1 = _image_rect(shot)
+        h, w = y1 - y0, x1 - x0
+        assert abs(w / h - last.shape[1] / last.shape[0]) < 0.03, (name, (y0, y1, x0, x1))
+        tint = _overlay_pixels(shot[y0:y1, x0:x1])
+        scores[name] = dict(tinted=tint.mean(), last=_iou(tint, _fit(last, h, w)), first=_iou(tint, _fit(first, h, w)))
+    print("overlay checks:", scores)
+    assert scores["off"]["tinted"] < 0.002, scores  # the scene itself has (almost) no overlay-coloured pixels
+    assert scores["on"]["last"] > 0.5, scores  # the propagated mask is drawn where it was stored
+    assert scores["on"]["last"] > scores["on"]["first"] + 0.2, scores  # ... for the frame on screen
+
+    _close_modal(page)  # the server would reopen it for the next page
+
+
+def test_propagate_operator_form(page, app_dataset, app_url):
+    """Opens the operator browser (backtick key), searches "propagate", opens it and screenshots the form.
+
+    Checks (DOM): the operator is listed under its label; the form's title and the labels "Prompt field",
+    "Output field", "Model" appear; the prompt choice was resolved from the dataset (frames.prompt), the output field
+    defaults to "frtm"; and with those defaults the form validates (no "Required property", Execute enabled)."""
+    with _failure_shot(page, "propagate_form"):
+        _check_form(page, app_url, app_dataset)
+
+
+def _check_form(page, app_url, app_dataset):
+    _open(page, f"{app_url}/datasets/{app_dataset.name}", '[data-cy="fo-grid"]')
+    modal = page.locator('[data-cy="modal"]')
+    page.wait_for_timeout(1500)  # the App restores the server's state (an open sample) shortly after loading
+    if modal.is_visible():  # the server remembers a sample left open: back to the grid
+        _close_modal(page)
+    dismiss = page.get_by_role("button", name="Dismiss")  # the "Enterprise" pop-up, beside the form
+    if dismiss.count() and dismiss.first.is_visible():
+        dismiss.first.click()
+    page.keyboard.press("`")
+    page.keyboard.type("propagate")
+    entry = page.get_by_text("FRTM: propagate masks through videos")
+    pw.expect(entry).to_be_visible()
+    entry.click()
+
+    dialog = page.locator('[data-cy="operators-prompt-modal"]')
+    pw.expect(dialog).to_be_visible()
+    pw.expect(dialog.get_by_role("button", name="Execute")).to_be_enabled(timeout=30_000)
+    pw.expect(dialog.get_by_text("Required property")).to_have_count(0)
+    page.screenshot(path=str(ARTIFACTS / "propagate_form.png"))
+
+    text = dialog.inner_text()
+    for label in ("FRTM: propagate masks", "Prompt field", "Output field", "Model", "frames.prompt"):
+        assert label in text, (label, text)
+    assert "frtm" in dialog.locator("input").evaluate_all("els => els.map(e => e.value)")
