@@ -1,7 +1,7 @@
 """Shared fixtures. Real data lives in ../shared/data beside the checkout (CI has it; a user's machine may not)."""
 
 import os
-import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -25,7 +25,11 @@ FIFTYONE_TMP = _FO_TMP
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_FO_TMP, ignore_errors=True)
+    # The database outlives the session by a moment (it stops when this process exits): remove its folder from a
+    # detached watcher once this process is gone, not under the running database's feet.
+    subprocess.Popen(["sh", "-c", f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; sleep 5; "
+                      f"rm -rf '{_FO_TMP}'"], start_new_session=True, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
 SHARED_DATA = Path(os.environ.get("FRTM_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
