@@ -1,0 +1,198 @@
+"""``python -m frtm_plugin.train``: train S, or validate D-only / D+S on held-out sequences.
+
+    python -m frtm_plugin.train [train] --davis ROOT --val-sequences a,b,c --out DIR [--epochs N] ...
+    python -m frtm_plugin.train [train] --fiftyone DATASET [--label-field ground_truth] --out DIR ...
+    python -m frtm_plugin.train validate --davis ROOT --val-sequences a,b,c [--model PATH] [--target-layer L ...]
+
+Rerunning ``train`` with the same ``--out`` resumes from the latest epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("frtm_plugin.train")
+
+
+def _split(s: str | None) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()] if s else []
+
+
+def _hw(values) -> tuple[int, int] | None:
+    if values is None:
+        return None
+    if len(values) == 1 and values[0] == 0:
+        return None
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError("give H W (two integers), or 0 to disable")
+    return int(values[0]), int(values[1])
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("FRTM_CACHE", Path.home() / ".cache" / "frtm"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m frtm_plugin.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command")
+
+    t = sub.add_parser("train", help="train the segmentation network S (resumes from --out)")
+    src = t.add_mutually_exclusive_group(required=True)
+    src.add_argument("--davis", type=Path, help="DAVIS / YouTube-VOS-layout root (JPEGImages/, Annotations/)")
+    src.add_argument("--fiftyone", metavar="DATASET", help="name of a FiftyOne video dataset with frame masks")
+    t.add_argument("--label-field", default="ground_truth", help="frame-level Segmentation field (FiftyOne)")
+    t.add_argument("--sequences", help="comma-separated training sequences (default: all but --val-sequences)")
+    t.add_argument("--val-sequences", default="", help="comma-separated held-out sequences (DAVIS layout only "
+                   "for the J&F validation; excluded from training in both sources)")
+    t.add_argument("--out", type=Path, required=True, help="output folder: checkpoints/, history.json, segnet.pth")
+    t.add_argument("--cache", type=Path, default=None, help="cache folder (default $FRTM_CACHE or ~/.cache/frtm)")
+    t.add_argument("--backbone", default="mobilenet_v2", choices=("mobilenet_v2", "resnet18", "resnet101"))
+    t.add_argument("--target-layer", default="layer4", help="D's feature tap (mobilenet_v2: layer4 or layer4_expand)")
+    t.add_argument("--size", type=int, nargs="+", default=[480, 854], metavar="N", help="training H W")
+    t.add_argument("--crop", type=int, nargs="+", default=[288, 480], metavar="N",
+                   help="test-frame crop H W (multiples of 32), or 0 for whole frames")
+    t.add_argument("--object-crop-prob", type=float, default=0.75,
+                   help="share of test-frame crops centred near the object (the rest uniform); may change on resume")
+    t.add_argument("--frame-step", type=int, default=1, help="cache every k-th annotated frame")
+    t.add_argument("--ref-frames", type=int, default=5, help="reference frames (cached D) per object")
+    t.add_argument("--num-aug", type=int, default=15, help="first-frame samples to fit D (released: 15)")
+    t.add_argument("--epochs", type=int, default=12)
+    t.add_argument("--samples-per-epoch", type=int, default=256)
+    t.add_argument("--batch-size", type=int, default=4, help="samples per step (each with 2 test frames)")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lr-step", type=int, default=None, help="epochs before lr x0.1 (default: 2/3 of --epochs)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    t.add_argument("--val-every", type=int, default=0, help="validate D+S every N epochs (0: only at the end)")
+    t.add_argument("--val-frames", type=int, default=None, help="frames per validation sequence (default all)")
+    t.add_argument("--no-validate", action="store_true", help="skip the final D-only / D+S validation")
+    t.add_argument("--stop-after", type=int, default=None, help="stop after this many epochs in this call")
+    t.add_argument("--no-progress", action="store_true")
+
+    v = sub.add_parser("validate", help="J&F of D-only and D+S on held-out DAVIS-layout sequences")
+    v.add_argument("--davis", type=Path, required=True)
+    v.add_argument("--val-sequences", required=True)
+    v.add_argument("--model", help="S checkpoint (omit for D-only only)")
+    v.add_argument("--backbone", default="mobilenet_v2")
+    v.add_argument("--target-layer", default=None, help="comma-separated D taps to compare (default: the "
+                   "checkpoint's, or layer4)")
+    v.add_argument("--max-frames", type=int, default=None)
+    v.add_argument("--json", type=Path, help="write the results here")
+    v.add_argument("--threads", type=int, default=None)
+    return p
+
+
+def _validate_reports(root, seqs, segnet_or_path, backbone_name, layers, max_frames) -> dict:
+    from ..core.backbone import build_backbone
+    from .validate import evaluate_model
+    reports = {}
+    for layer in layers:
+        bb = build_backbone(backbone_name, target_layer=layer)
+        reports[f"D-only ({layer})"] = evaluate_model(root, seqs, "d-only", backbone=bb, max_frames=max_frames,
+                                                      progress=True)
+        if segnet_or_path is not None:
+            reports[f"D+S ({layer})"] = evaluate_model(root, seqs, segnet_or_path, backbone=bb,
+                                                       max_frames=max_frames, progress=True)
+    return reports
+
+
+def cmd_train(args) -> int:
+    from .data import davis_sequences, fiftyone_sequences, source_key
+    from .trainer import TrainConfig, Trainer
+    from .validate import evaluate_model, format_comparison
+
+    val = _split(args.val_sequences)
+    if args.davis is not None:
+        names = _split(args.sequences) or None
+        seqs = davis_sequences(args.davis, names, exclude=val)
+        source = source_key("davis", str(args.davis.resolve()))
+    else:
+        seqs = fiftyone_sequences(args.fiftyone, args.label_field, exclude=val)
+        wanted = set(_split(args.sequences))
+        if wanted:
+            seqs = [s for s in seqs if s.name in wanted]
+        source = source_key("fiftyone", f"{args.fiftyone}:{args.label_field}")
+    lr_step = args.lr_step or max(1, round(args.epochs * 2 / 3))
+    cfg = TrainConfig(backbone=args.backbone, target_layer=args.target_layer, size=_hw(args.size),
+                      crop=_hw(args.crop), object_crop_prob=args.object_crop_prob, frame_step=args.frame_step, ref_frames=args.ref_frames,
+                      num_aug=args.num_aug, samples_per_epoch=args.samples_per_epoch, batch_size=args.batch_size,
+                      epochs=args.epochs, lr=args.lr, lr_step_epochs=lr_step, seed=args.seed, source=source)
+    validate_fn = None
+    if args.val_every and val and args.davis is not None:
+        def validate_fn(segnet, epoch):
+            r = evaluate_model(args.davis, val, segnet, backbone=trainer.backbone, max_frames=args.val_frames)
+            log.info("epoch %d validation J&F %.3f", epoch, r["overall"]["J&F"])
+            return r["overall"]
+    trainer = Trainer(seqs, cfg, args.out, args.cache or default_cache_dir(), progress=not args.no_progress,
+                      validate_fn=validate_fn, val_every=args.val_every)
+    log.info("training on %d sequences (%s), held out: %s", len(seqs), ", ".join(s.name for s in seqs),
+             ", ".join(val) or "none")
+    trainer.run(stop_after=args.stop_after)
+    if trainer.epoch < cfg.epochs:
+        log.info("stopped after epoch %d of %d; rerun the same command to resume", trainer.epoch, cfg.epochs)
+        return 0
+    extra = {}
+    if val and args.davis is not None and not args.no_validate:
+        reports = _validate_reports(args.davis, val, trainer.segnet, cfg.backbone, [cfg.target_layer],
+                                    args.val_frames)
+        (args.out / "validation.json").write_text(json.dumps(reports, indent=1))
+        print(format_comparison(reports))
+        extra["validation"] = {k: {"overall": v["overall"], "per_sequence": v["per_sequence"]}
+                               for k, v in reports.items()}
+        extra["validation_sequences"] = val
+    path = trainer.export(args.out / "segnet.pth", extra)
+    log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 2**20)
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .validate import format_comparison
+    layers = _split(args.target_layer)
+    if not layers:
+        if args.model:
+            from ..core.segnet import load_segnet_checkpoint
+            layers = [load_segnet_checkpoint(args.model)[1]["target_layer"]]
+        else:
+            layers = ["layer4"]
+    model = None
+    if args.model:
+        from ..core.segnet import load_segnet_checkpoint
+        model, _ = load_segnet_checkpoint(args.model)
+    reports = _validate_reports(args.davis, _split(args.val_sequences), model, args.backbone, layers, args.max_frames)
+    print(format_comparison(reports))
+    if args.json:
+        args.json.write_text(json.dumps(reports, indent=1))
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in ("train", "validate", "-h", "--help"):
+        argv.insert(0, "train")  # `train` is the default verb
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    try:
+        rc = cmd_train(args) if args.command == "train" else cmd_validate(args)
+    except (FileNotFoundError, ValueError) as e:  # bad input: a clear message, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from the last finished epoch", file=sys.stderr)
+        return 130
+    log.info("done in %.1f min", (time.perf_counter() - t0) / 60)
+    return rc

@@ -1,0 +1,113 @@
+"""Validation: the real streaming tracker, D-only and D+S, on held-out sequences, scored with the DAVIS metrics.
+
+This is the same code path a user runs (``FRTMTracker`` with the inference solver settings), not the training
+approximation (D fitted on one frame, never updated), so the numbers compare directly with ``frtm-vos evaluate``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..core.backbone import Backbone, build_backbone
+from ..core.segnet import SegNetwork, load_segnet_checkpoint
+from ..core.tracker import FRTMTracker, TrackerConfig, masks_from_label_map
+from ..io.davis import load_sequence
+from ..io.labels import read_label_png
+from ..metrics import SequenceResult, aggregate, evaluate_sequence
+
+__all__ = ["track_sequence", "evaluate_model", "format_comparison"]
+
+
+def track_sequence(tracker: FRTMTracker, root: str | os.PathLike, name: str, max_frames: int | None = None):
+    """Run ``tracker`` over one DAVIS-layout sequence from its first-frame prompts; returns (gt, pred) (T, H, W)
+    label stacks. Every scored frame must be annotated (DAVIS 2016/2017 train/val are)."""
+    seq = load_sequence(root, name)
+    n = len(seq) if max_frames is None else min(len(seq), int(max_frames))
+    missing = [i for i in range(n) if i not in seq.annotation_paths]
+    if missing:
+        raise ValueError(f"sequence {name!r}: frames {missing[:5]}... have no annotation; validation needs every "
+                         "frame annotated (DAVIS layout)")
+    prompts = seq.prompts()
+    tracker.reset()
+    gt, pred = [], []
+    for i in range(n):
+        frame = seq.read_frame(i)
+        new = masks_from_label_map(prompts[i]) if i in prompts else None
+        out = tracker.step(frame, new)
+        pred.append(out.labels.cpu().numpy().astype(np.uint8))
+        gt.append(read_label_png(seq.annotation_paths[i]).astype(np.uint8))
+    return np.stack(gt), np.stack(pred)
+
+
+def _segnet(model) -> SegNetwork | None:
+    if model is None or (isinstance(model, str) and model == "d-only"):
+        return None
+    if isinstance(model, SegNetwork):
+        return model
+    net, _ = load_segnet_checkpoint(model)
+    return net
+
+
+def evaluate_model(root: str | os.PathLike, sequences: Sequence[str], model=None, *,
+                   backbone: Backbone | str = "mobilenet_v2", target_layer: str | None = None,
+                   max_frames: int | None = None, config: TrackerConfig = TrackerConfig(),
+                   progress: bool = False) -> dict:
+    """Track and score ``sequences`` of a DAVIS-layout ``root``.
+
+    ``model``: ``None``/``"d-only"`` (D alone), a :class:`SegNetwork`, or a checkpoint path (its meta decides the
+    target layer unless ``target_layer`` is given). Returns ``{"per_sequence": {name: {"J", "F", "J&F"}},
+    "overall": {...}, "seconds": wall time, "frames": n}`` with scores as fractions.
+    """
+    if not sequences:
+        raise ValueError("no validation sequence given")
+    if isinstance(model, (str, Path)) and str(model) != "d-only":
+        net, info = load_segnet_checkpoint(model)
+        target_layer = target_layer or info["target_layer"]
+        model = net
+    segnet = _segnet(model)
+    if isinstance(backbone, str):
+        backbone = build_backbone(backbone, target_layer=target_layer)
+    elif target_layer is not None and backbone.target_layer != target_layer:
+        raise ValueError(f"backbone reads D's features from {backbone.target_layer!r}, not {target_layer!r}")
+    was_training = segnet.training if segnet is not None else False
+    tracker = FRTMTracker(backbone, segnet, config)
+    results: dict[str, SequenceResult] = {}
+    t0, frames = time.perf_counter(), 0
+    it = sequences
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(sequences, desc=f"validate {'D+S' if segnet is not None else 'D-only'}", leave=False)
+    try:
+        for name in it:
+            gt, pred = track_sequence(tracker, root, name, max_frames)
+            frames += len(gt)
+            results[name] = evaluate_sequence(gt, pred, name=name)
+    finally:
+        if segnet is not None and was_training:
+            segnet.train()
+    agg = aggregate(results)
+    per = {r["sequence"]: {"J": r["J"], "F": r["F"], "J&F": r["J&F"]} for r in agg["rows"]}
+    o = agg["overall"]
+    return {"per_sequence": per, "overall": {"J": o["J"], "F": o["F"], "J&F": o["J&F"]},
+            "seconds": time.perf_counter() - t0, "frames": frames, "target_layer": backbone.target_layer,
+            "model": "D+S" if segnet is not None else "D-only"}
+
+
+def format_comparison(reports: Mapping[str, dict]) -> str:
+    """A Markdown table: one column per report (e.g. 'D-only', 'D+S'), J&F per sequence then the overall row."""
+    names = list(reports)
+    seqs = list(next(iter(reports.values()))["per_sequence"])
+    head = "| sequence | " + " | ".join(f"{n} J&F (J / F)" for n in names) + " |"
+    lines = [head, "|" + "---|" * (len(names) + 1)]
+    for s in seqs + ["overall"]:
+        cells = []
+        for n in names:
+            r = reports[n]["overall"] if s == "overall" else reports[n]["per_sequence"][s]
+            cells.append(f"{100 * r['J&F']:.1f} ({100 * r['J']:.1f} / {100 * r['F']:.1f})")
+        lines.append(f"| {'**overall**' if s == 'overall' else s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,234 @@
+"""The offline trainer of S: tiny real runs (2 short DAVIS sequences, few steps), caching, stop/resume, data sources."""
+
+
+import numpy as np
+import pytest
+import torch
+
+from frtm_plugin.core.backbone import build_backbone
+from frtm_plugin.core.segnet import load_segnet_checkpoint
+from frtm_plugin.core.target_model import TargetModel
+from frtm_plugin.core.tracker import FRTMTracker
+from frtm_plugin.train import TrainConfig, Trainer, davis_sequences, fiftyone_sequences, latest_checkpoint
+from frtm_plugin.train.cache import TRAIN_SOLVER, d_scores, load
+from frtm_plugin.train.data import label_to_ids
+
+SEQS = ["dog-agility", "rollerblade"]
+
+
+def tiny_config(**kw):
+    base = dict(size=(240, 427), crop=(128, 224), frame_step=4, ref_frames=1, num_aug=3, samples_per_epoch=8,
+                batch_size=4, epochs=3, lr_step_epochs=2, seed=3, source="test-davis")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    torch.set_num_threads(2)
+    return build_backbone("mobilenet_v2")
+
+
+@pytest.fixture(scope="module")
+def sequences(davis_root):
+    return davis_sequences(davis_root, SEQS)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, backbone, sequences):
+    """A 3-epoch run from an empty cache, kept for comparison."""
+    root = tmp_path_factory.mktemp("train")
+    cache, out = root / "cache", root / "a"
+    trainer = Trainer(sequences, tiny_config(keep_checkpoints=5), out, cache, backbone=backbone, progress=False)
+    history = trainer.run()
+    return trainer, history, cache
+
+
+def _state(trainer):
+    return {k: v.clone() for k, v in trainer.segnet.state_dict().items()}
+
+
+def test_cache_makes_later_epochs_cheaper(uninterrupted):
+    trainer, history, cache = uninterrupted
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[0]["cache_seconds"] > 0 and history[1]["cache_seconds"] == 0
+    assert history[1]["seconds"] < 0.5 * history[0]["seconds"], history
+    feats = list((cache / "features").rglob("0*.pt"))
+    dms = list((cache / "target_models").rglob("*.pt"))
+    assert len(dms) == len(SEQS)  # one reference frame per sequence, one object each
+    assert len(feats) == sum(len(range(0, n, 4)) for n in (25, 35))
+    rec = load(feats[0])
+    assert rec["layer2"].dtype == torch.float16 and rec["label"].shape == (240, 427)
+    assert {"project.weight", "filter.weight"} == set(load(dms[0]))
+    for h in history:
+        assert np.isfinite(h["loss"]) and 0.0 <= h["iou"] <= 1.0 and h["steps"] == 2
+    assert history[2]["lr"] == pytest.approx(1e-4)  # StepLR after lr_step_epochs=2
+
+
+def test_stop_and_resume_ends_in_the_same_state(tmp_path, uninterrupted, backbone, sequences):
+    ref, ref_history, cache = uninterrupted
+    out = tmp_path / "b"
+    marks = {p: p.stat().st_mtime_ns for p in cache.rglob("*.pt")}
+
+    def crash(epoch, step):  # killed in the middle of epoch 2
+        if epoch == 2 and step == 1:
+            raise KeyboardInterrupt
+
+    first = Trainer(sequences, tiny_config(), out, cache, backbone=backbone, progress=False, on_step=crash)
+    with pytest.raises(KeyboardInterrupt):
+        first.run()
+    assert latest_checkpoint(out).name == "epoch_0001.pth"
+    ck = torch.load(latest_checkpoint(out), weights_only=True)
+    assert ck["epoch"] == 1 and ck["step"] == 2
+
+    resumed = Trainer(sequences, tiny_config(), out, cache, backbone=backbone, progress=False)
+    assert resumed.resume()
+    assert (resumed.epoch, resumed.step) == (1, 2)
+    # identical weights at the resume point: the uninterrupted run's epoch-1 checkpoint
+    ref_e1 = torch.load(ref.out_dir / "checkpoints" / "epoch_0001.pth", weights_only=True)
+    assert ref_e1["step"] == 2
+    for k, v in ck["model"].items():
+        assert torch.equal(v, ref_e1["model"][k]), k
+    for k, v in resumed.segnet.state_dict().items():
+        assert torch.equal(v, ref_e1["model"]["refiner." + k]), k
+    history = resumed.run()
+    assert (resumed.epoch, resumed.step) == (ref.epoch, ref.step) == (3, 6)
+    a, b = _state(ref), _state(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), rtol=0, atol=1e-6), k
+    assert resumed.optimizer.param_groups[0]["lr"] == ref.optimizer.param_groups[0]["lr"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[2]["loss"] == pytest.approx(ref_history[2]["loss"], rel=1e-5)
+    # the resumed run reused the cache: nothing was rewritten
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.pt")} == marks
+    assert history[1]["cache_seconds"] == 0 or history[1]["cache_seconds"] < ref_history[0]["cache_seconds"]
+
+
+def test_resume_refuses_other_settings(tmp_path, uninterrupted, backbone, sequences):
+    ref, _, cache = uninterrupted
+    other = Trainer(sequences, tiny_config(lr=5e-4), ref.out_dir, cache, backbone=backbone, progress=False)
+    with pytest.raises(ValueError, match="different settings"):
+        other.resume()
+
+
+def test_resume_with_an_edited_schedule(tmp_path, uninterrupted, backbone, sequences):
+    """--epochs and --lr-step may change on resume (shorten/extend a run): lr follows the new step."""
+    import shutil
+
+    ref, _, cache = uninterrupted
+    out = tmp_path / "c"
+    shutil.copytree(ref.out_dir, out)
+    longer = Trainer(sequences, tiny_config(epochs=4, lr_step_epochs=1), out, cache, backbone=backbone,
+                     progress=False)
+    assert longer.resume() and longer.epoch == 3
+    assert longer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.1 ** 3)
+    history = longer.run()
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4] and history[3]["lr"] == pytest.approx(1e-6)
+    assert longer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-7)  # the next step size-1 drop
+
+
+def test_exported_checkpoint_runs_in_the_tracker(tmp_path, uninterrupted, backbone, davis_root):
+    ref, _, _ = uninterrupted
+    path = ref.export(tmp_path / "s.pth", {"note": "tiny"})
+    raw = torch.load(path, weights_only=True)
+    assert all(k.startswith("refiner.") for k in raw["model"])
+    segnet, info = load_segnet_checkpoint(path)
+    assert info["backbone"] == "mobilenet_v2" and info["target_layer"] == "layer4"
+    assert info["meta"]["train"]["steps_done"] == 6 and info["meta"]["train"]["target_model"]["channels"] == 32
+    for k, v in ref.segnet.state_dict().items():
+        assert torch.equal(segnet.state_dict()[k], v)
+    seq = davis_sequences(davis_root, ["rollerblade"])[0]
+    frames = [f[:240, :320].copy() for f in seq.iter_frames([0, 1])]
+    tracker = FRTMTracker(backbone, segnet)
+    tracker.step(frames[0], {1: seq.read_label(0)[:240, :320] == 1})
+    out = tracker.step(frames[1])
+    assert out.labels.shape == frames[1].shape[:2]
+
+
+def test_training_scores_match_the_tracker_target_model(backbone, sequences):
+    """The trainer applies cached D weights with plain convolutions; they must equal TargetModel's own scores."""
+    import cv2
+
+    seq = sequences[1]
+    image = cv2.resize(next(seq.iter_frames([0])), (427, 240), interpolation=cv2.INTER_AREA)
+    mask = cv2.resize((seq.read_label(0) == 1).astype(np.uint8), (427, 240), interpolation=cv2.INTER_NEAREST)
+    feats = backbone(torch.from_numpy(image).permute(2, 0, 1)[None], layers=("layer4",))["layer4"]
+    model = TargetModel(feats.shape[1], TRAIN_SOLVER, generator=torch.Generator().manual_seed(0))
+    model.initialize(feats, torch.from_numpy(mask.astype(np.float32))[None])
+    expected = model.scores(model.project(feats[0]))
+    got = d_scores(model.state_dict(), feats)[0, 0]
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+    # and D did learn the target: its scores are higher on the object than off it
+    fg = torch.from_numpy(cv2.resize(mask, expected.shape[::-1], interpolation=cv2.INTER_AREA) > 0)
+    assert float(expected[fg].mean()) > float(expected[~fg].mean()) + 0.3
+
+
+def test_bad_settings_and_inputs(davis_root):
+    with pytest.raises(ValueError, match="multiples of 32"):
+        tiny_config(crop=(100, 224)).validate()
+    with pytest.raises(ValueError, match="larger than"):
+        tiny_config(crop=(256, 224)).validate()
+    with pytest.raises(ValueError, match="no layer"):
+        tiny_config(target_layer="layer9").validate()
+    with pytest.raises(ValueError, match="not found"):
+        davis_sequences(davis_root, ["no-such-sequence"])
+    with pytest.raises(ValueError, match="RGB masks"):
+        label_to_ids(np.zeros((4, 4, 3), np.uint8))
+    assert label_to_ids(np.array([[0, 255]], np.uint8)).tolist() == [[0, 1]]  # DAVIS-2016 binary mask
+    assert label_to_ids(np.array([[0, 2, 255]], np.uint8)).tolist() == [[0, 2, 255]]  # ids, 255 void
+
+
+def _fiftyone_or_skip():
+    try:
+        import fiftyone as fo
+        ds = fo.Dataset()  # starts (or connects to) FiftyOne's database
+        ds.delete()
+        return fo
+    except Exception as e:  # pragma: no cover - depends on the machine
+        pytest.skip(f"FiftyOne's database cannot start here: {type(e).__name__}: {e}")
+
+
+def test_fiftyone_video_dataset_source(tmp_path, backbone, davis_root):
+    fo = _fiftyone_or_skip()
+    import av
+
+    src = davis_sequences(davis_root, ["rollerblade"])[0]
+    n = 6
+    frames = [f[:240, :320].copy() for f in src.iter_frames(range(n))]
+    video = tmp_path / "clip.avi"
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("mjpeg", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuvj420p"
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    ds = fo.Dataset()
+    try:
+        sample = fo.Sample(filepath=str(video))
+        for i in range(n):
+            if i == 3:
+                continue  # an unannotated frame
+            m = (src.read_label(i)[:240, :320] == 1).astype(np.uint8) * 255
+            sample.frames[i + 1] = fo.Frame(ground_truth=fo.Segmentation(mask=m))
+        ds.add_sample(sample)
+        seqs = fiftyone_sequences(ds, "ground_truth")
+        assert len(seqs) == 1 and seqs[0].name == "clip"
+        seq = seqs[0]
+        assert seq.read_label(3) is None
+        assert seq.read_label(0).max() == 1 and seq.read_label(0).shape == (240, 320)
+        got = list(seq.iter_frames([0, 4]))
+        assert len(got) == 2 and got[1].shape == (240, 320, 3)
+        assert np.abs(got[1].astype(int) - frames[4]).mean() < 12  # the right frame (lossy codec)
+        with pytest.raises(ValueError, match="no field"):
+            fiftyone_sequences(ds, "nope")
+        cfg = tiny_config(size=(224, 320), crop=(128, 224), frame_step=1, epochs=1, samples_per_epoch=4,
+                          source="test-fo")
+        trainer = Trainer(seqs, cfg, tmp_path / "out", tmp_path / "cache", backbone=backbone, progress=False)
+        history = trainer.run()
+        assert history[0]["steps"] == 1 and np.isfinite(history[0]["loss"])
+        assert trainer.items[0].frames == [0, 1, 2, 4, 5]
+    finally:
+        ds.delete()
