@@ -1,6 +1,5 @@
 """Tests of the first-frame augmentation (frtm_plugin.core.augment)."""
 
-import time
 
 import cv2
 import numpy as np
@@ -286,9 +285,7 @@ def test_davis_bear_first_frame(davis_root):
     if lb.ndim == 3:
         lb = lb[..., 0]
     assert set(np.unique(lb)) <= {0, 255}
-    t0 = time.perf_counter()
     ims, ms = augment_first_frame(im, lb, num_aug=5, seed=0)
-    elapsed = time.perf_counter() - t0
     assert ims.shape == (5, 480, 854, 3) and ms.shape == (5, 480, 854)
     assert np.array_equal(ims[0], im) and np.array_equal(ms[0], (lb > 0).astype(np.float32))
     area = (lb > 0).sum()
@@ -296,4 +293,3 @@ def test_davis_bear_first_frame(davis_root):
         assert set(np.unique(ms[i])) <= {0.0, 1.0}
         assert 0 < ms[i].sum() <= 2.5 ** 2 * area * 1.15
         assert not np.array_equal(ims[i], im)
-    assert elapsed < 2.0  # typically ~0.06 s on one core

