@@ -132,7 +132,7 @@ def app_url(app_dataset, tmp_path_factory):
             if proc.poll() is not None:
                 pytest.skip(f"the FiftyOne App server exited ({proc.returncode}): {log.read_text()[-2000:]}")
             try:
-                with urllib.request.urlopen(url + "/", timeout=5) as r:
+                with urllib.request.urlopen(url + "/", timeout=5) as r:  # loopback: the App server started above
                     if r.status == 200:
                         break
             except OSError:
@@ -146,7 +146,7 @@ def app_url(app_dataset, tmp_path_factory):
         body = ('{"initializer": {"dataset": "%s"}, "events": ["state_update"], "subscription": "frtm-test-warmup",'
                 ' "polling": true}' % app_dataset.name).encode()
         req = urllib.request.Request(url + "/events", data=body, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as r:
+        with urllib.request.urlopen(req, timeout=60) as r:  # loopback only
             assert app_dataset.name in r.read().decode()
         yield url
     finally:

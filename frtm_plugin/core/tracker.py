@@ -129,6 +129,7 @@ class FRTMTracker:
         coarse: dict[int, torch.Tensor] = {}
         projected: dict[int, torch.Tensor] = {}
         tracked = [i for i in self.objects if i not in prompts]
+        target_feat = None
         if tracked:
             feats = self.backbone(self._to_tensor(image)[None], layers=self._layers)
             target_feat = feats[self.backbone.target_layer][0]
@@ -138,7 +139,7 @@ class FRTMTracker:
                 probs[obj_id] = self._probability(s, feats, hw)
 
         for obj_id, mask in prompts.items():
-            self._start_object(obj_id, image, mask)
+            self._start_object(obj_id, image, mask, target_feat)
             probs[obj_id] = torch.from_numpy(mask).to(self.device, torch.float32)
         if prompts and tracked:
             keep = 1.0 - torch.stack([probs[i] for i in prompts]).amax(dim=0)
@@ -198,11 +199,18 @@ class FRTMTracker:
             prompts[obj_id] = m
         return prompts, full
 
-    def _start_object(self, obj_id: int, image: np.ndarray, mask: np.ndarray) -> None:
+    def _start_object(self, obj_id: int, image: np.ndarray, mask: np.ndarray, frame_feature=None) -> None:
+        """Fit a new D on the frame and its augmented copies; ``frame_feature``: the frame's target-layer features
+        when already computed for the objects tracked on this frame (sample 0 is the frame itself)."""
         cfg = self.config
         images, labels = augment_first_frame(image, mask, num_aug=cfg.num_aug, seed=cfg.seed + obj_id)
-        batch = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2)
-        feats = self.backbone(batch, layers=(self.backbone.target_layer,))[self.backbone.target_layer]
+        layer = self.backbone.target_layer
+        first = 1 if frame_feature is not None else 0
+        parts = [frame_feature[None]] if frame_feature is not None else []
+        if len(images) > first:
+            batch = torch.from_numpy(images[first:]).to(self.device).permute(0, 3, 1, 2)
+            parts.append(self.backbone(batch, layers=(layer,))[layer])
+        feats = torch.cat(parts)
         generator = torch.Generator().manual_seed(cfg.seed + obj_id)
         model = TargetModel(feats.shape[1], cfg.solver, generator=generator, device=self.device)
         model.initialize(feats, torch.from_numpy(labels).to(self.device))
