@@ -10,6 +10,7 @@ from frtm_plugin.core.segnet import load_segnet_checkpoint
 from frtm_plugin.core.target_model import TargetModel
 from frtm_plugin.core.tracker import FRTMTracker
 from frtm_plugin.train import TrainConfig, Trainer, davis_sequences, fiftyone_sequences, latest_checkpoint
+from frtm_plugin.train.trainer import IGNORE, segmentation_loss
 from frtm_plugin.train.cache import TRAIN_SOLVER, d_scores, load
 from frtm_plugin.train.data import label_to_ids
 
@@ -165,6 +166,98 @@ def test_training_scores_match_the_tracker_target_model(backbone, sequences):
     assert float(expected[fg].mean()) > float(expected[~fg].mean()) + 0.3
 
 
+def test_distractor_windows(uninterrupted, backbone, sequences):
+    """A pasted distractor is a stride-32 window of the *other* video's frame: its features at every level and this
+    D's scores on that frame, labelled background (or left out of the loss where D takes it for the target);
+    everything outside the window is the plain test frame."""
+    ref, _, cache = uninterrupted
+    plain = Trainer(sequences, tiny_config(), ref.out_dir, cache, backbone=backbone, progress=False)
+    mixed = Trainer(sequences, tiny_config(distractor_prob=1.0), ref.out_dir, cache, backbone=backbone,
+                    progress=False)
+    plain.prepare()
+    mixed.prepare()
+    assert all(d is None for p in plain.epoch_plan(1) for d in p[4])
+    plan = mixed.epoch_plan(1)
+    assert all(d is not None and mixed.items[d[0]].seq != mixed.items[p[0]].seq for p in plan for d in p[4])
+    f0, s0, y0 = plain.make_batch([p[:4] for p in plan])
+    f1, s1, y1 = mixed.make_batch(plan)
+    tests = [(p, t, d) for p in plan for t, d in zip(p[2], p[4])]
+    pasted = 0
+    for n, (p, t, (j, frame, _, _)) in enumerate(tests):
+        changed = (f0["layer5"][n] != f1["layer5"][n]).any(0)
+        pasted += bool(changed.any())
+        rows, cols = torch.nonzero(changed, as_tuple=True)
+        r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1  # stride 32
+        assert (r1 - r0, c1 - c0) == (2, 3)  # half of 128x224, floored to the grid: 64x96 px
+        other = mixed.fcache.read(mixed.items[j].seq, frame)
+        win = f1["layer5"][n][:, r0:r1, c0:c1]
+        src = other["layer5"].float()
+        hits = [(a, b) for a in range(src.shape[1] - 1) for b in range(src.shape[2] - 2)
+                if torch.equal(src[:, a:a + 2, b:b + 3], win)]
+        assert len(hits) == 1
+        a, b = hits[0]
+        for L, st in (("layer2", 4), ("layer3", 8), ("layer4", 16)):
+            k = 32 // st
+            assert torch.equal(f1[L][n][:, r0 * k:r1 * k, c0 * k:c1 * k],
+                               other[L][:, a * k:(a + 2) * k, b * k:(b + 3) * k].float()), L
+            outside = torch.ones(f1[L].shape[-2:], dtype=torch.bool)
+            outside[r0 * k:r1 * k, c0 * k:c1 * k] = False
+            assert torch.equal(f1[L][n][:, outside], f0[L][n][:, outside]), L
+        state = mixed._d_state(mixed.items[p[0]].seq, p[1], mixed.items[p[0]].obj)
+        d_other = d_scores(state, other["layer4"].float()[None])[0]
+        assert torch.allclose(s1[n][:, r0 * 2:r1 * 2, c0 * 2:c1 * 2], d_other[:, a * 2:(a + 2) * 2, b * 2:(b + 3) * 2])
+        # background, or left out of the loss exactly where D scores the look-alike above 0.5
+        win_label = y1[n][0, r0 * 32:r1 * 32, c0 * 32:c1 * 32]
+        high = torch.nn.functional.interpolate(s1[n][None, :, r0 * 2:r1 * 2, c0 * 2:c1 * 2], win_label.shape,
+                                               mode="bilinear", align_corners=False)[0, 0] > 0.5
+        assert torch.equal(win_label == IGNORE, high) and not win_label[~high].any()
+        keep = torch.ones(y1.shape[-2:], dtype=torch.bool)
+        keep[r0 * 32:r1 * 32, c0 * 32:c1 * 32] = False
+        assert torch.equal(y1[n][0][keep], y0[n][0][keep])
+    assert pasted == len(tests)
+    ignored = int((y1 == IGNORE).sum())
+    assert 0 < ignored < int((y1 == 0).sum())  # the tiny D takes some of the other video for its target
+
+
+def test_ignored_pixels_do_not_count():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 1, 8, 8, generator=g)
+    labels = (torch.rand(2, 1, 8, 8, generator=g) > 0.5).float()
+    base = segmentation_loss(logits, labels, 2)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels) * 2
+    assert torch.allclose(base, expected)  # no ignored pixel: the plain released loss
+    labels[:, :, :4] = IGNORE
+    a = segmentation_loss(logits, labels, 2)
+    logits2 = logits.clone()
+    logits2[:, :, :4] = 50.0 * torch.randn(2, 1, 4, 8, generator=g)
+    assert torch.allclose(a, segmentation_loss(logits2, labels, 2))
+    logits2.requires_grad_()
+    segmentation_loss(logits2, labels, 2).backward()
+    assert not logits2.grad[:, :, :4].any() and logits2.grad[:, :, 4:].abs().sum() > 0
+
+
+def test_init_from_a_checkpoint(tmp_path, uninterrupted, backbone, sequences):
+    """Fine-tuning: S starts from a saved S; one for other feature widths is refused with the reason."""
+    from frtm_plugin.core.backbone import BACKBONE_CHANNELS, SEG_LAYERS
+    from frtm_plugin.core.segnet import SegNetwork, save_segnet_checkpoint
+
+    ref, _, cache = uninterrupted
+    path = ref.export(tmp_path / "s.pth")
+    tuned = Trainer(sequences, tiny_config(init_from=str(path), epochs=1), tmp_path / "ft", cache, backbone=backbone,
+                    progress=False)
+    for k, v in ref.segnet.state_dict().items():
+        assert torch.equal(tuned.segnet.state_dict()[k], v), k
+    assert tuned.meta()["train"]["init_from"] == str(path)
+    wrong = save_segnet_checkpoint(tmp_path / "rn18.pth",
+                                   SegNetwork({L: BACKBONE_CHANNELS["resnet18"][L] for L in SEG_LAYERS}),
+                                   {"backbone": "resnet18"})
+    with pytest.raises(ValueError, match="feature channels"):
+        Trainer(sequences, tiny_config(init_from=str(wrong)), tmp_path / "x", cache, backbone=backbone,
+                progress=False)
+    with pytest.raises(FileNotFoundError, match="no S checkpoint"):
+        tiny_config(init_from=str(tmp_path / "missing.pth")).validate()
+
+
 def test_bad_settings_and_inputs(davis_root):
     with pytest.raises(ValueError, match="multiples of 32"):
         tiny_config(crop=(100, 224)).validate()
@@ -172,6 +265,8 @@ def test_bad_settings_and_inputs(davis_root):
         tiny_config(crop=(256, 224)).validate()
     with pytest.raises(ValueError, match="no layer"):
         tiny_config(target_layer="layer9").validate()
+    with pytest.raises(ValueError, match="distractor_prob"):
+        tiny_config(distractor_prob=1.5).validate()
     with pytest.raises(ValueError, match="not found"):
         davis_sequences(davis_root, ["no-such-sequence"])
     with pytest.raises(ValueError, match="RGB masks"):

@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-frame crop H W (multiples of 32), or 0 for whole frames")
     t.add_argument("--object-crop-prob", type=float, default=0.75,
                    help="share of test-frame crops centred near the object (the rest uniform); may change on resume")
+    t.add_argument("--distractor-prob", type=float, default=0.0,
+                   help="share of test frames with a window of another video's object pasted in, labelled "
+                        "background (teaches S to follow D's scores; 0 = the released recipe)")
+    t.add_argument("--distractor-size", type=float, default=0.5, help="pasted window, fraction of the test frame")
+    t.add_argument("--init-from", type=Path, default=None,
+                   help="start S from this S checkpoint (ours or the authors' released format): fine-tuning")
     t.add_argument("--frame-step", type=int, default=1, help="cache every k-th annotated frame")
     t.add_argument("--ref-frames", type=int, default=5, help="reference frames (cached D) per object")
     t.add_argument("--num-aug", type=int, default=15, help="first-frame samples to fit D (released: 15)")
@@ -125,7 +131,9 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(backbone=args.backbone, target_layer=args.target_layer, size=_hw(args.size),
                       crop=_hw(args.crop), object_crop_prob=args.object_crop_prob, frame_step=args.frame_step, ref_frames=args.ref_frames,
                       num_aug=args.num_aug, samples_per_epoch=args.samples_per_epoch, batch_size=args.batch_size,
-                      epochs=args.epochs, lr=args.lr, lr_step_epochs=lr_step, seed=args.seed, source=source)
+                      epochs=args.epochs, lr=args.lr, lr_step_epochs=lr_step, seed=args.seed, source=source,
+                      distractor_prob=args.distractor_prob, distractor_size=args.distractor_size,
+                      init_from=str(args.init_from.resolve()) if args.init_from else "")
     validate_fn = None
     if args.val_every and val and args.davis is not None:
         def validate_fn(segnet, epoch):

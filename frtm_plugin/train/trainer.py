@@ -6,10 +6,13 @@ turns D's scores and the frozen backbone's features into logits; BCE against the
 betas (0.9, 0.999), weight decay 1e-5, amsgrad) with a x0.1 step decay. Only S learns; the backbone is frozen
 (eval mode), S's BatchNorms train.
 
-Departures from the released recipe, all for CPU budgets and all options: a subset of frames (``frame_step``) and
-of reference frames per object (``ref_frames``) is cached; test frames may be cropped (``crop``, aligned to the
-stride-32 grid so every feature level is cropped exactly; D still sees the whole frame) -- object scale stays that
-of inference, unlike training at a lower resolution.
+Departures from the released recipe, all options: a subset of frames (``frame_step``) and of reference frames per
+object (``ref_frames``) is cached; test frames may be cropped (``crop``, aligned to the stride-32 grid so every
+feature level is cropped exactly; D still sees the whole frame) -- object scale stays that of inference, unlike
+training at a lower resolution. With few training videos S learns the look of the training objects and fires on
+salient background that D scores low; ``distractor_prob`` pastes, into that share of test frames, a window of
+*another* video's frame around its object (features of every level, D's scores on that frame, label 0), so S learns
+to follow D's scores rather than objectness. ``init_from`` starts S from any S checkpoint (fine-tuning).
 
 Everything heavy is cached on disk (see :mod:`.cache`), so the first epoch pays for the backbone and D and later
 epochs only run S. A checkpoint is written after every epoch and a new run with the same ``out_dir`` resumes from the
@@ -40,15 +43,24 @@ from .data import TrainSequence
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "Trainer", "latest_checkpoint"]
+__all__ = ["TrainConfig", "Trainer", "latest_checkpoint", "segmentation_loss", "IGNORE"]
+
+IGNORE = -1.0  # label value of pixels left out of the loss
 
 # Settings that change what is learned: a resumed run must match the checkpoint on these.
 _RESUME_KEYS = ("backbone", "target_layer", "seg_layers", "size", "crop", "frame_step", "ref_frames", "num_aug",
                 "min_ref_pixels", "samples_per_epoch", "batch_size", "test_frames", "lr", "weight_decay",
-                "lr_gamma", "seed", "source")
+                "lr_gamma", "seed", "source", "distractor_prob", "init_from")
 # The schedule may be edited on resume (--epochs, --lr-step, --object-crop-prob): shortening, extending or
 # fine-tuning a run that is under way. The learning rate is then recomputed for the new step:
 # lr * gamma ** (epochs_done // lr_step_epochs).
+
+
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, test_frames: int) -> torch.Tensor:
+    """The released loss: BCE per test frame (mean over the batch's pixels), summed over the test frames; pixels
+    labelled ``IGNORE`` contribute nothing."""
+    valid = (labels != IGNORE).float()
+    return F.binary_cross_entropy_with_logits(logits, labels.clamp(min=0), weight=valid) * test_frames
 
 
 @dataclass
@@ -71,6 +83,9 @@ class TrainConfig:
     weight_decay: float = 1e-5
     lr_step_epochs: int = 8  # StepLR(step_size, gamma): x0.1 after this many epochs
     lr_gamma: float = 0.1
+    distractor_prob: float = 0.0  # share of test frames with another video's object pasted in (label 0)
+    distractor_size: float = 0.5  # pasted window: this fraction of the test frame's height and width
+    init_from: str = ""  # S checkpoint to start from (released format); "" = PyTorch's default init
     seed: int = 0
     source: str = ""  # identity of the data source (a cache folder name)
     keep_checkpoints: int = 2
@@ -101,8 +116,13 @@ class TrainConfig:
                      "num_aug", "lr_step_epochs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.object_crop_prob <= 1.0:
-            raise ValueError(f"object_crop_prob must be in [0, 1], got {self.object_crop_prob}")
+        for name in ("object_crop_prob", "distractor_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.distractor_size <= 1.0:
+            raise ValueError(f"distractor_size must be in (0, 1], got {self.distractor_size}")
+        if self.init_from and not Path(self.init_from).is_file():
+            raise FileNotFoundError(f"init_from: no S checkpoint at {self.init_from}")
         if self.samples_per_epoch < self.batch_size:
             raise ValueError(f"samples_per_epoch ({self.samples_per_epoch}) < batch_size ({self.batch_size})")
 
@@ -154,12 +174,25 @@ class Trainer:
         torch.manual_seed(config.seed)
         ch = BACKBONE_CHANNELS[config.backbone]
         self.segnet = SegNetwork({L: ch[L] for L in config.seg_layers})
+        if config.init_from:
+            self._load_initial_weights(config.init_from)
         self.optimizer = torch.optim.Adam(self.segnet.parameters(), lr=config.lr, betas=(0.9, 0.999),
                                           weight_decay=config.weight_decay, amsgrad=True)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_step_epochs, config.lr_gamma)
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps taken
         self.history: list[dict] = []
+
+    def _load_initial_weights(self, path: str) -> None:
+        from ..core.segnet import load_segnet_checkpoint
+        net, info = load_segnet_checkpoint(path)
+        want = {L: int(self.segnet.TSE[L].reduce[0].weight.shape[1]) for L in self.config.seg_layers}
+        have = {L: int(c) for L, c in info["ft_channels"].items()}
+        if have != want:
+            raise ValueError(f"init_from {path}: S reads {have} feature channels, this run's backbone/taps give "
+                             f"{want}; start from an S trained for the same backbone")
+        self.segnet.load_state_dict(net.state_dict(), strict=True)
+        log.info("S initialised from %s", path)
 
     # -- meta ---------------------------------------------------------------------------------------------------
     @property
@@ -288,8 +321,8 @@ class Trainer:
 
     # -- sampling -----------------------------------------------------------------------------------------------
     def epoch_plan(self, epoch: int) -> list[tuple]:
-        """The samples of ``epoch`` (1-based): (item index, reference frame, test frames, crop origins);
-        a function of (seed, epoch) only."""
+        """The samples of ``epoch`` (1-based): (item index, reference frame, test frames, crop origins,
+        distractors); a function of (seed, epoch) only."""
         c = self.config
         rng = np.random.default_rng([c.seed, epoch])
         plan = []
@@ -300,8 +333,21 @@ class Trainer:
             others = [f for f in it.frames if f != ref]
             tests = rng.choice(others, size=c.test_frames, replace=len(others) < c.test_frames).tolist()
             crops = [self._crop_origin(it, int(t), rng) for t in tests]
-            plan.append((k, ref, [int(t) for t in tests], crops))
+            # drawn only when enabled, so runs without distractors keep their sampling stream
+            distractors = [self._distractor(it, rng) if c.distractor_prob > 0 else None for _ in tests]
+            plan.append((k, ref, [int(t) for t in tests], crops, distractors))
         return plan
+
+    def _distractor(self, it: _Item, rng) -> tuple | None:
+        """(item of another video, its frame with the object visible, window position as fractions) or None."""
+        u = rng.random(3)
+        others = [j for j, o in enumerate(self.items) if o.seq != it.seq]
+        if not others or u[0] >= self.config.distractor_prob:
+            return None
+        j = others[int(rng.integers(len(others)))]
+        o = self.items[j]
+        visible = [f for f in o.frames if o.counts.get(f, 0) >= self.config.min_ref_pixels] or o.frames
+        return j, int(visible[int(rng.integers(len(visible)))]), float(u[1]), float(u[2])
 
     def _crop_origin(self, it: _Item, frame: int, rng) -> tuple[int, int] | None:
         c = self.config
@@ -335,33 +381,77 @@ class Trainer:
         return self._d_states[key]
 
     def make_batch(self, samples: Sequence[tuple]):
-        """Features (dict of (N,C,h,w)), D scores (N,1,h,w) and labels (N,1,H,W) for the test frames of ``samples``."""
+        """Features (dict of (N,C,h,w)), D scores (N,1,h,w) and labels (N,1,H,W; 1 target, 0 background,
+        ``IGNORE`` left out of the loss) for the test frames of ``samples``."""
         c = self.config
-        strides = self.backbone.strides
         feats: dict[str, list] = {L: [] for L in c.seg_layers}
         scores, labels = [], []
-        for k, ref, tests, crops in samples:
+        for k, ref, tests, crops, *rest in samples:
             it = self.items[k]
             state = self._d_state(it.seq, ref, it.obj)
-            for t, crop in zip(tests, crops):
+            distractors = rest[0] if rest else [None] * len(tests)
+            for t, crop, dis in zip(tests, crops, distractors):
                 rec = self.fcache.read(it.seq, t)
-                s = d_scores(state, rec[c.target_layer].float()[None])
-                y = (rec["label"] == it.obj)
-                if crop is not None:
-                    y0, x0 = self._resolve_crop(crop, rec["label"], it.obj)
-                    ch, cw = c.crop
-                    st = strides[c.target_layer]
-                    s = s[..., y0 // st:(y0 + ch) // st, x0 // st:(x0 + cw) // st]
-                    y = y[y0:y0 + ch, x0:x0 + cw]
-                    for L in c.seg_layers:
-                        sl = strides[L]
-                        feats[L].append(rec[L][:, y0 // sl:(y0 + ch) // sl, x0 // sl:(x0 + cw) // sl].float())
-                else:
-                    for L in c.seg_layers:
-                        feats[L].append(rec[L].float())
+                f, s, y = self._window(rec, state, it.obj, crop)
+                if dis is not None:
+                    self._paste_distractor(f, s, y, state, dis)
+                for L in c.seg_layers:
+                    feats[L].append(f[L])
                 scores.append(s[0])
-                labels.append(y[None].float())
+                labels.append(y[None])
         return ({L: torch.stack(v) for L, v in feats.items()}, torch.stack(scores), torch.stack(labels))
+
+    def _window(self, rec: dict, state: dict, obj: int, crop) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """Features, D's scores (computed on the whole frame) and the object's mask, cropped to ``crop`` if any."""
+        c = self.config
+        strides = self.backbone.strides
+        s = d_scores(state, rec[c.target_layer].float()[None])
+        y = (rec["label"] == obj).float()
+        if crop is None:
+            return {L: rec[L].float() for L in c.seg_layers}, s, y
+        y0, x0 = self._resolve_crop(crop, rec["label"], obj)
+        ch, cw = c.crop
+        st = strides[c.target_layer]
+        s = s[..., y0 // st:(y0 + ch) // st, x0 // st:(x0 + cw) // st]
+        y = y[y0:y0 + ch, x0:x0 + cw]
+        f = {L: rec[L][:, y0 // strides[L]:(y0 + ch) // strides[L], x0 // strides[L]:(x0 + cw) // strides[L]].float()
+             for L in c.seg_layers}
+        return f, s, y
+
+    def _paste_distractor(self, feats: dict, scores: torch.Tensor, label: torch.Tensor, state: dict,
+                          distractor: tuple) -> None:
+        """In place: a window of another video's frame, centred on its object, over the test frame at a random
+        stride-32-aligned place: its features at every level, this D's scores on it, label 0 (not the target) or
+        ``IGNORE``."""
+        c = self.config
+        strides = self.backbone.strides
+        j, frame, fy, fx = distractor
+        other = self.items[j]
+        H, W = label.shape
+        ph = max(32, int(H * c.distractor_size) // 32 * 32)
+        pw = max(32, int(W * c.distractor_size) // 32 * 32)
+        rec = self.fcache.read(other.seq, frame)
+        full = d_scores(state, rec[c.target_layer].float()[None])
+        # source window: centred on the other object's box
+        Hs, Ws = rec["label"].shape
+        ys, xs = torch.nonzero(rec["label"] == other.obj, as_tuple=True)
+        cy, cx = ((int(ys.min()) + int(ys.max())) / 2, (int(xs.min()) + int(xs.max())) / 2) if len(ys) else (Hs / 2, Ws / 2)
+        sy = int(np.clip(round((cy - ph / 2) / 32), 0, (Hs - ph) // 32)) * 32
+        sx = int(np.clip(round((cx - pw / 2) / 32), 0, (Ws - pw) // 32)) * 32
+        # destination: anywhere in the test frame, on the grid
+        dy = int(round(fy * ((H - ph) // 32))) * 32
+        dx = int(round(fx * ((W - pw) // 32))) * 32
+        st = strides[c.target_layer]
+        window = full[..., sy // st:(sy + ph) // st, sx // st:(sx + pw) // st]
+        scores[..., dy // st:(dy + ph) // st, dx // st:(dx + pw) // st] = window
+        # Background, except where D scores the other object high (a look-alike): calling that background would
+        # teach S to overrule D from appearance, the opposite of the point; those pixels are left out of the loss.
+        high = F.interpolate(window, (ph, pw), mode="bilinear", align_corners=False)[0, 0] > 0.5
+        label[dy:dy + ph, dx:dx + pw] = torch.where(high, IGNORE, 0.0)
+        for L in c.seg_layers:
+            st = strides[L]
+            feats[L][:, dy // st:(dy + ph) // st, dx // st:(dx + pw) // st] = \
+                rec[L][:, sy // st:(sy + ph) // st, sx // st:(sx + pw) // st].float()
 
     # -- training -----------------------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict:
@@ -377,14 +467,14 @@ class Trainer:
         for b in range(steps):
             feats, scores, y = self.make_batch(plan[b * c.batch_size:(b + 1) * c.batch_size])
             logits = self.segnet(scores, feats, y.shape[-2:])
-            # the released loss: BCE per test frame (averaged over the batch), summed over the test frames
-            loss = F.binary_cross_entropy_with_logits(logits, y) * c.test_frames
+            loss = segmentation_loss(logits, y, c.test_frames)
+            valid = y != IGNORE
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.step += 1
             with torch.no_grad():
-                p, g = logits > 0, y > 0.5
+                p, g = (logits > 0) & valid, y > 0.5
                 inter = (p & g).sum(dim=(1, 2, 3)).float()
                 union = (p | g).sum(dim=(1, 2, 3)).float()
                 iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
