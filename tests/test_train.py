@@ -248,6 +248,8 @@ def test_init_from_a_checkpoint(tmp_path, uninterrupted, backbone, sequences):
     for k, v in ref.segnet.state_dict().items():
         assert torch.equal(tuned.segnet.state_dict()[k], v), k
     assert tuned.meta()["train"]["init_from"] == str(path)
+    lineage = tuned.meta()["train"]["init_from_checkpoint"]
+    assert lineage["train"]["steps_done"] == ref.step and len(lineage["sha256"]) == 64
     wrong = save_segnet_checkpoint(tmp_path / "rn18.pth",
                                    SegNetwork({L: BACKBONE_CHANNELS["resnet18"][L] for L in SEG_LAYERS}),
                                    {"backbone": "resnet18"})

@@ -23,6 +23,7 @@ weights as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -170,6 +171,7 @@ class Trainer:
         self.items: list[_Item] = []
         self._d_states: dict[tuple[str, int, int], dict] = {}
         self._prepared = False
+        self._init_meta: dict | None = None
 
         torch.manual_seed(config.seed)
         ch = BACKBONE_CHANNELS[config.backbone]
@@ -192,6 +194,9 @@ class Trainer:
             raise ValueError(f"init_from {path}: S reads {have} feature channels, this run's backbone/taps give "
                              f"{want}; start from an S trained for the same backbone")
         self.segnet.load_state_dict(net.state_dict(), strict=True)
+        # lineage: a fine-tuned checkpoint says what it started from (the earlier recipe, when it is ours)
+        self._init_meta = {"sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+                           "train": (info.get("meta") or {}).get("train")}
         log.info("S initialised from %s", path)
 
     # -- meta ---------------------------------------------------------------------------------------------------
@@ -210,7 +215,8 @@ class Trainer:
                                            "pixel_weighting": None, "init_cg_iters": list(TRAIN_SOLVER.init_cg_iters),
                                            "num_aug": c.num_aug},
                           "optimizer": "Adam(amsgrad=True, betas=(0.9, 0.999))", "loss": "BCE",
-                          "sequences": [s.name for s in self.sequences]}}
+                          "sequences": [s.name for s in self.sequences],
+                          **({"init_from_checkpoint": self._init_meta} if self._init_meta else {})}}
 
     # -- checkpoints --------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
