@@ -11,8 +11,9 @@ object (``ref_frames``) is cached; test frames may be cropped (``crop``, aligned
 feature level is cropped exactly; D still sees the whole frame) -- object scale stays that of inference, unlike
 training at a lower resolution. With few training videos S learns the look of the training objects and fires on
 salient background that D scores low; ``distractor_prob`` pastes, into that share of test frames, a window of
-*another* video's frame around its object (features of every level, D's scores on that frame, label 0), so S learns
-to follow D's scores rather than objectness. ``init_from`` starts S from any S checkpoint (fine-tuning).
+*another* video's frame around its object (features of every level, D's scores on that frame, label 0; ignored
+where D scores it above 0.5), so S learns to follow D's scores rather than objectness. ``init_from`` starts S from
+any S checkpoint (fine-tuning).
 
 Everything heavy is cached on disk (see :mod:`.cache`), so the first epoch pays for the backbone and D and later
 epochs only run S. A checkpoint is written after every epoch and a new run with the same ``out_dir`` resumes from the
@@ -51,7 +52,7 @@ IGNORE = -1.0  # label value of pixels left out of the loss
 # Settings that change what is learned: a resumed run must match the checkpoint on these.
 _RESUME_KEYS = ("backbone", "target_layer", "seg_layers", "size", "crop", "frame_step", "ref_frames", "num_aug",
                 "min_ref_pixels", "samples_per_epoch", "batch_size", "test_frames", "lr", "weight_decay",
-                "lr_gamma", "seed", "source", "distractor_prob", "init_from")
+                "lr_gamma", "seed", "source", "distractor_prob", "distractor_size", "init_from")
 # The schedule may be edited on resume (--epochs, --lr-step, --object-crop-prob): shortening, extending or
 # fine-tuning a run that is under way. The learning rate is then recomputed for the new step:
 # lr * gamma ** (epochs_done // lr_step_epochs).
