@@ -29,6 +29,8 @@ def _split(s: str | None) -> list[str] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .core.tracker import DEFAULT_MAX_SIZE
+
     p = argparse.ArgumentParser(prog="frtm-vos", description="FRTM video object segmentation")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -47,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backbone", choices=["resnet18", "resnet101", "mobilenet_v2"])
     t.add_argument("--num-aug", type=int, default=5, help="first-frame samples incl. the original; 1 = no augmentation")
     t.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    t.add_argument("--max-size", type=int, help="infer with the longest side at most this many pixels")
+    t.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE,
+                   help=f"infer with the longest side at most this many pixels (default {DEFAULT_MAX_SIZE}, the scale "
+                        "the default model was trained at; 0 = full resolution)")
     t.add_argument("--merge", default="released", choices=["released", "single"])
     t.add_argument("--save-probs", action="store_true", help="also write <frame>.npz of per-object probabilities")
     t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
@@ -57,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="FiftyOne demo: import the shipped clip, propagate with the plugin, score it")
     d.add_argument("--name", default="frtm-demo", help="dataset name (persistent; replaced if it exists)")
     d.add_argument("--model", default="default")
-    d.add_argument("--max-size", type=int)
+    d.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE, help="0 = full resolution")
 
     e = sub.add_parser("evaluate", help="DAVIS J, F, J&F of a results folder")
     e.add_argument("--davis", type=Path, required=True)
@@ -77,7 +81,8 @@ class _VideoSequence:
         self.name = video.stem
         self._iter = iter_video_frames
         self.video = video
-        self.num_frames = video_info(video)["num_frames"]
+        info = video_info(video)
+        self.num_frames, self.frame_hw = info["num_frames"], (info["height"], info["width"])
         if not mask.is_file():
             raise FileNotFoundError(f"mask PNG not found: {mask}")
         labels = read_label_png(mask)
@@ -94,8 +99,22 @@ class _VideoSequence:
         return self._prompts
 
     def frames(self):
-        for i, frame in enumerate(self._iter(self.video)):
+        # the container's frame count is checked as frames are read: a truncated file raises after its last frame
+        for i, frame in enumerate(self._iter(self.video, expected_frames=self.num_frames)):
             yield i, f"{i:05d}", frame
+
+
+def check_prompts(seq) -> None:
+    """Every prompt mask against the frame size, before a model is loaded or an output folder is made."""
+    from .core.tracker import fit_mask, masks_from_label_map
+
+    hw = getattr(seq, "frame_hw", None) or seq.read_frame(0).shape[:2]
+    for index, label_map in seq.prompts().items():
+        for obj_id, mask in masks_from_label_map(label_map).items():
+            try:
+                fit_mask(mask, hw, obj_id)
+            except ValueError as e:
+                raise ValueError(f"sequence {seq.name}, frame {index}: {e}") from None
 
 
 def _folder_frames(seq):
@@ -141,6 +160,7 @@ def cmd_track(args) -> int:
     from .core.target_model import SolverConfig
     from .core.tracker import TrackerConfig, inference_size
     from .io import davis
+    from .io.video import TruncatedVideoError
     from .models import build_tracker
 
     if args.threads:
@@ -166,16 +186,25 @@ def cmd_track(args) -> int:
         s = _VideoSequence(args.video, args.mask, args.mask_frame)
         jobs = [(s, s.frames())]
 
-    config = TrackerConfig(solver=SolverConfig(), num_aug=args.num_aug, merge=args.merge, max_size=args.max_size,
+    for seq, _ in jobs:
+        check_prompts(seq)
+
+    max_size = None if args.max_size == 0 else args.max_size
+    config = TrackerConfig(solver=SolverConfig(), num_aug=args.num_aug, merge=args.merge, max_size=max_size,
                            seed=args.seed)
     tracker, info = build_tracker(args.model, args.backbone, args.device, config)
     print(f"model: {info.describe()}")  # notes (e.g. "running D-only") were logged as warnings
 
     stats = []
     for seq, frames in jobs:
-        st = track_sequence(tracker, seq, frames, args.out / seq.name, args.save_probs, not args.no_progress)
+        try:
+            st = track_sequence(tracker, seq, frames, args.out / seq.name, args.save_probs, not args.no_progress)
+        except TruncatedVideoError as e:
+            print(f"error: {e}\n  the masks of the {e.decoded} frames that decoded are in {args.out / seq.name}",
+                  file=sys.stderr)
+            return 3
         fps = st["frames"] / st["seconds"] if st["seconds"] else float("nan")
-        ih, iw = inference_size((st["height"], st["width"]), args.max_size)
+        ih, iw = inference_size((st["height"], st["width"]), max_size)
         print(f"{seq.name}: {st['frames']} frames, {st['objects']} object(s), {fps:.2f} FPS at {iw}x{ih}")
         stats.append(st)
     total_frames = sum(s["frames"] for s in stats)

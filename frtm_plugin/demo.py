@@ -46,8 +46,8 @@ def run_demo(name: str = "frtm-demo", model: str = "default", max_size: int | No
 
     t0 = time.perf_counter()
     params = {"prompt_field": "prompt", "label_field": "frtm", "model": model}
-    if max_size:
-        params["max_size"] = max_size
+    if max_size is not None:
+        params["max_size"] = max_size  # 0: full resolution
     result = foo.execute_operator("@frtm/frtm-vos/propagate", ctx={"dataset": ds, "params": params})
     result.raise_exceptions()
     out = result.result

@@ -105,3 +105,51 @@ def to_heatmap(coarse_scores: dict[int, np.ndarray]) -> fo.Heatmap | None:
         return None
     m = np.max(np.stack(list(coarse_scores.values())), axis=0)
     return fo.Heatmap(map=np.clip(m, 0.0, 1.0).astype(np.float32), range=[0.0, 1.0])
+
+
+def _digest_value(h, value) -> None:
+    """Feed one label attribute into a hash: arrays by shape, dtype and bytes; the rest by a stable repr."""
+    if isinstance(value, np.ndarray):
+        h.update(f"array{value.shape}{value.dtype.str}".encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, float):
+        h.update(repr(round(value, 9)).encode())
+    elif isinstance(value, (list, tuple)):
+        h.update(b"[")
+        for v in value:
+            _digest_value(h, v)
+        h.update(b"]")
+    else:
+        h.update(repr(value).encode())
+
+
+def prompt_digest(frames, prompt_field: str) -> str:
+    """A digest of everything in a video's prompt field that can change the propagation: frame numbers, label types,
+    masks (stored inline or on disk), boxes, object identities (``index``, ``instance``), class labels and keyframe
+    flags. ``frames``: ``(frame_number, frame)`` pairs. The video itself is not read."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for frame_number, frame in frames:
+        label = frame[prompt_field] if frame.has_field(prompt_field) else None
+        if label is None:
+            continue
+        h.update(f"#{frame_number}:{type(label).__name__}".encode())
+        items = label.detections if isinstance(label, fo.Detections) else \
+            label.polylines if isinstance(label, fo.Polylines) else [label]
+        for item in items:
+            h.update(b"{")
+            for key in ("label", "bounding_box", "index", "points", "closed", "filled", "keyframe"):
+                if item.has_field(key):
+                    h.update(key.encode())
+                    _digest_value(h, item[key])
+            instance = item["instance"] if item.has_field("instance") else None
+            if instance is not None:
+                h.update(b"instance")
+                _digest_value(h, getattr(instance, "id", instance))
+            mask = item.get_mask() if hasattr(item, "get_mask") else None
+            if mask is not None:
+                h.update(b"mask")
+                _digest_value(h, np.asarray(mask))
+            h.update(b"}")
+    return h.hexdigest()[:16]

@@ -13,6 +13,7 @@ import fiftyone.operators.types as types
 from fiftyone.operators.evaluation_metric import EvaluationMetric, EvaluationMetricConfig
 
 from . import sdk
+from .core.tracker import DEFAULT_MAX_SIZE
 from .fo_labels import PROMPT_TYPES
 
 MODEL_CHOICES = {"default": "Offline default (MobileNetV2)", "d-only": "Target model only (no S)",
@@ -79,12 +80,16 @@ class PropagateOperator(foo.Operator):
         if ctx.params.get("model") == "path":
             inputs.str("model_path", required=True, label="Checkpoint path",
                        description="e.g. rn101_all.pth; its backbone is inferred from the file")
-        inputs.int("max_size", label="Inference size cap (px)", required=False,
-                   description="Longest side at which to infer; masks are stored at full resolution")
+        inputs.int("max_size", label="Inference size cap (px)", required=False, default=DEFAULT_MAX_SIZE,
+                   description=f"Longest side at which to infer (default {DEFAULT_MAX_SIZE}, the scale the model was "
+                               "trained at; 0 = full resolution); masks are stored at full resolution")
         inputs.bool("store_heatmaps", default=False, label="Store coarse-score heatmaps",
                     description="frames.<field>_scores: the target model's scores (the paper's Figure 1 view)")
         inputs.bool("overwrite", default=False, label="Overwrite",
-                    description="Off: resume, skipping videos already done with the same configuration")
+                    description="Off: resume, skipping videos already done with the same configuration and prompts")
+        inputs.bool("force", default=False, label="Replace labels FRTM did not write",
+                    description="Allow writing into an output field that already holds other labels (never the "
+                                "prompt field or an evaluation's ground truth)")
         inputs.bool("delegate", default=False, label="Delegate",
                     description="Run in a delegated worker (recommended for whole datasets)")
         return types.Property(inputs, view=types.View(label="FRTM: propagate masks"))
@@ -97,13 +102,16 @@ class PropagateOperator(foo.Operator):
         model = p.get("model", "default")
         if model == "path":
             model = p["model_path"]
+        max_size = p.get("max_size")
+        max_size = None if max_size == 0 else (max_size or DEFAULT_MAX_SIZE)  # 0: full resolution; empty: default
         report = sdk.propagate(ctx.target_view(), p["prompt_field"], p.get("label_field", "frtm"), model=model,
-                               max_size=p.get("max_size") or None, store_heatmaps=bool(p.get("store_heatmaps")),
-                               overwrite=bool(p.get("overwrite")), progress=_progress_callback(ctx))
+                               max_size=max_size, store_heatmaps=bool(p.get("store_heatmaps")),
+                               overwrite=bool(p.get("overwrite")), force=bool(p.get("force")),
+                               progress=_progress_callback(ctx))
         if not ctx.delegated:
             ctx.trigger("reload_dataset")
         return {"processed": len(report.processed), "skipped": len(report.skipped), "failed": report.failed,
-                "frames": report.frames, "fps": report.fps if report.seconds else None}
+                "frames": report.frames, "fps": round(report.fps, 2) if report.seconds else None}
 
     def resolve_output(self, ctx):
         outputs = types.Object()

@@ -24,10 +24,12 @@ import fiftyone as fo
 
 from . import __version__
 from .core.target_model import SolverConfig
-from .core.tracker import TrackerConfig
-from .fo_labels import (PROMPT_TYPES, frame_field_name, frame_field_type, prompt_masks, to_detections, to_heatmap,
-                        to_segmentation)
-from .io.video import VideoReadError, iter_video_frames
+from .core.tracker import DEFAULT_MAX_SIZE, TrackerConfig
+from .fo_labels import (PROMPT_TYPES, frame_field_name, frame_field_type, prompt_digest, prompt_masks, to_detections,
+                        to_heatmap, to_segmentation)
+from .fo_runs import (FieldLock, FieldLockLostError, check_output_fields, done_key, output_fields, redo_reason,
+                      run_key)
+from .io.video import TruncatedVideoError, VideoReadError, iter_video_frames
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,9 @@ DAVIS_METRIC_URI = "@frtm/frtm-vos/davis_jf"
 @dataclass
 class PropagationReport:
     processed: list[str] = field(default_factory=list)  # sample ids
-    skipped: dict[str, str] = field(default_factory=dict)  # sample id -> why (already done, or bad input)
-    failed: dict[str, str] = field(default_factory=dict)  # sample id -> the error that stopped it
+    skipped: dict[str, str] = field(default_factory=dict)  # sample id -> why it was not (re)computed
+    failed: dict[str, str] = field(default_factory=dict)  # sample id -> the error that stopped it (not marked done)
+    reasons: dict[str, str] = field(default_factory=dict)  # sample id -> why it was (re)computed
     frames: int = 0
     seconds: float = 0.0
 
@@ -55,14 +58,7 @@ class PropagationReport:
         return s
 
 
-def output_fields(label_field: str) -> dict[str, str]:
-    """The frame-level fields one propagation writes, and the sample-level completion marker."""
-    base = frame_field_name(label_field)
-    return {"segmentation": base, "instances": f"{base}_instances", "heatmap": f"{base}_scores",
-            "marker": f"{base}_frtm"}
-
-
-def _check_fields(samples, prompt_field: str, label_field: str, store_heatmaps: bool) -> None:
+def _check_fields(samples, prompt_field: str, label_field: str, store_heatmaps: bool, force: bool = False) -> None:
     """Validate everything before touching a label: a bad field stops the run with nothing written."""
     if samples.media_type != "video":
         raise ValueError(f"FRTM propagates masks through videos; this collection's media type is "
@@ -90,6 +86,7 @@ def _check_fields(samples, prompt_field: str, label_field: str, store_heatmaps: 
     schema = samples.get_field_schema()
     if out["marker"] in schema and not isinstance(schema[out["marker"]], fo.StringField):
         raise ValueError(f"the sample field '{out['marker']}' exists with another type; choose another label_field")
+    check_output_fields(samples._dataset, prompt_field, label_field, force)
 
 
 def _declare_fields(dataset, out, store_instances, store_heatmaps) -> None:
@@ -137,12 +134,16 @@ def _read_prompts(sample, prompt_field: str, frame_hw) -> tuple[dict[int, dict[i
     return prompts, names
 
 
-def _propagate_one(tracker, dataset, sample, prompt_field, out, store_instances, store_heatmaps, run_hash, chunk,
-                   on_frame) -> int:
-    """Track one video and write its labels, then mark it done; returns the number of frames.
-    Bad input (no prompt, a mask of the wrong size, an unreadable video) raises before anything is written."""
+def _propagate_one(tracker, dataset, sample, prompt_field, out, store_instances, store_heatmaps, key, chunk,
+                   on_frame, lock) -> int:
+    """Track one video and write its labels, then mark it done with ``key``; returns the number of frames.
+    Bad input (no prompt, a mask of the wrong size, an unreadable video) raises before anything is written; a video
+    that ends before its declared frame count raises after its frames are written, and is not marked done."""
     marker = out["marker"]
-    frames = iter_video_frames(sample.filepath)
+    target = None
+    expected = sample.metadata.total_frame_count if sample.metadata is not None else None
+    # FiftyOne's count may be an estimate (duration x rate) where the container has no index: allow one frame
+    frames = iter_video_frames(sample.filepath, expected_frames=expected - 1 if expected and expected > 1 else None)
     try:
         first = next(frames)
         prompts, names = _read_prompts(sample, prompt_field, first.shape[:2])
@@ -152,7 +153,10 @@ def _propagate_one(tracker, dataset, sample, prompt_field, out, store_instances,
 
         for index, masks in prompts.items():  # size checks up front: a bad mask must not leave half a video
             for obj_id, m in masks.items():
-                fit_mask(m, first.shape[:2], obj_id)
+                try:
+                    fit_mask(m, first.shape[:2], obj_id)
+                except ValueError as e:
+                    raise ValueError(f"frame {index + 1}: {e}") from None
 
         target = dataset[sample.id]
         target[marker] = None  # in progress: a resumed run redoes this video
@@ -184,19 +188,26 @@ def _propagate_one(tracker, dataset, sample, prompt_field, out, store_instances,
             n += 1
             pending += 1
             if pending >= chunk:
+                lock.check()  # never write on after another run took the field over
                 target.save()  # one bulk write per chunk of frames
                 pending = 0
             on_frame()
-        target[marker] = run_hash  # stored with the last chunk: the video is complete
+        lock.check()
+        target[marker] = key  # stored with the last chunk: the video is complete
         target.save()
         return n
+    except TruncatedVideoError:
+        if target is not None:
+            target.save()  # the frames that decoded are kept (and reported); the video stays not done
+        raise
     finally:
         frames.close()
 
 
 def propagate(samples, prompt_field: str, label_field: str, model: str = "default", *, backbone: str | None = None,
-              device: str | None = None, max_size: int | None = None, num_aug: int = 5, merge: str = "released",
-              store_instances: bool = True, store_heatmaps: bool = False, overwrite: bool = False, seed: int = 0,
+              device: str | None = None, max_size: int | None = DEFAULT_MAX_SIZE, num_aug: int = 5,
+              merge: str = "released", store_instances: bool = True, store_heatmaps: bool = False,
+              overwrite: bool = False, force: bool = False, lock_wait: float = 0.0, seed: int = 0,
               chunk_frames: int = 64, progress=True) -> PropagationReport:
     """Propagate each video's prompt masks through the whole video and store the results as frame labels.
 
@@ -204,17 +215,27 @@ def propagate(samples, prompt_field: str, label_field: str, model: str = "defaul
     masks; each object starts on the first frame where it appears. Writes ``frames.<label_field>``
     (Segmentation of object ids), ``frames.<label_field>_instances`` (Detections: cropped mask, ``index`` = object
     id, ``label`` from the prompt, ``confidence``) and optionally ``frames.<label_field>_scores`` (Heatmap of D's
-    coarse scores). ``overwrite=False`` resumes: videos already done with the same configuration are skipped.
-    ``progress``: True for a progress bar, False for none, or a callable ``f(fraction, message)``.
-    A video with no prompt, an unreadable video or a mask of the wrong size is reported and skipped; the others
-    proceed.
+    coarse scores).
+
+    - ``max_size``: the longest side at which to infer (masks are stored at the video's size); the default,
+      ``DEFAULT_MAX_SIZE``, is the scale the segmentation network was trained at; ``None`` = full resolution.
+    - ``overwrite=False`` resumes: a video already done with the same configuration **and the same prompts** is
+      skipped; ``report.reasons`` / ``report.skipped`` say why each video was (re)computed or not.
+    - Labels this plugin did not write are never replaced unless ``force=True``; the prompt field and the ground
+      truth of an evaluation are never written.
+    - The run claims ``label_field`` in the database for its duration: a second run into the same field waits up to
+      ``lock_wait`` seconds, then refuses (a claim whose run died is taken over).
+    - ``progress``: True for a progress bar, False for none, or a callable ``f(fraction, message)``.
+
+    A video with no prompt, an unreadable video or a mask of the wrong size is reported and skipped; a video that
+    ends before its declared frame count keeps the frames it had but is reported failed and never marked done.
     """
     import torch
 
     from .models import build_tracker
 
     prompt_field = frame_field_name(prompt_field)
-    _check_fields(samples, prompt_field, label_field, store_heatmaps)
+    _check_fields(samples, prompt_field, label_field, store_heatmaps, force)
     out = output_fields(label_field)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = TrackerConfig(solver=SolverConfig(), num_aug=num_aug, merge=merge, max_size=max_size, seed=seed)
@@ -222,9 +243,21 @@ def propagate(samples, prompt_field: str, label_field: str, model: str = "defaul
     run_config = _run_config(info, config)
     run_hash = config_hash(run_config)
     dataset = samples._dataset
-    _declare_fields(dataset, out, store_instances, store_heatmaps)
 
-    samples.compute_metadata()  # frame counts for progress (skips samples that have it)
+    lock = FieldLock(dataset, label_field, description=info.describe()).acquire(wait_s=lock_wait)
+    try:
+        _check_fields(samples, prompt_field, label_field, store_heatmaps, force)  # again, now that the field is ours
+        _declare_fields(dataset, out, store_instances, store_heatmaps)
+        samples.compute_metadata()  # frame counts: progress, and the check that a video decodes whole
+        report = _propagate_all(tracker, samples, dataset, prompt_field, label_field, out, run_config, run_hash,
+                                store_instances, store_heatmaps, overwrite, chunk_frames, progress, lock)
+    finally:
+        lock.release()
+    return report
+
+
+def _propagate_all(tracker, samples, dataset, prompt_field, label_field, out, run_config, run_hash, store_instances,
+                   store_heatmaps, overwrite, chunk_frames, progress, lock) -> PropagationReport:
     ids = samples.values("id")
     done = dict(zip(ids, samples.values(out["marker"])))
     total_frames = max(1, sum(n or 0 for n in samples.values("metadata.total_frame_count")))
@@ -241,27 +274,44 @@ def propagate(samples, prompt_field: str, label_field: str, model: str = "defaul
             callback(min(seen_frames / total_frames, 0.99), f"{seen_frames} frames")
 
     _record_run(dataset, label_field, run_config, run_hash, status="running")
-    for sample in samples.select_fields(f"frames.{prompt_field}").iter_samples():
-        if not overwrite and done.get(sample.id) == run_hash:
-            report.skipped[sample.id] = "already propagated with this configuration"
-            continue
-        t0 = time.perf_counter()
-        try:
-            n = _propagate_one(tracker, dataset, sample, prompt_field, out, store_instances, store_heatmaps,
-                               run_hash, chunk_frames, on_frame)
-        except (ValueError, VideoReadError) as e:
-            msg = f"{sample.filepath}: {e}"
-            log.warning("skipped %s", msg)
-            report.failed[sample.id] = msg
-            continue
-        report.processed.append(sample.id)
-        report.frames += n
-        report.seconds += time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
+    status = "interrupted"
+    try:
+        for sample in samples.select_fields(f"frames.{prompt_field}").iter_samples():
+            lock.check()
+            digest = prompt_digest(sample.frames.items(), prompt_field)
+            why = redo_reason(done.get(sample.id), run_hash, digest, overwrite)
+            if why is None:
+                report.skipped[sample.id] = "already propagated with this configuration and these prompts"
+                continue
+            t0 = time.perf_counter()
+            try:
+                n = _propagate_one(tracker, dataset, sample, prompt_field, out, store_instances, store_heatmaps,
+                                   done_key(run_hash, digest), chunk_frames, on_frame, lock)
+            except TruncatedVideoError as e:
+                report.failed[sample.id] = (f"{e}; the {e.decoded} frames that decoded were labelled, the video is "
+                                            "not marked done")
+                log.warning("partial: %s", e)
+                continue
+            except (ValueError, VideoReadError) as e:
+                msg = f"{sample.filepath}: {e}"
+                log.warning("skipped %s", msg)
+                report.failed[sample.id] = msg
+                continue
+            report.processed.append(sample.id)
+            report.reasons[sample.id] = why
+            report.frames += n
+            report.seconds += time.perf_counter() - t0
+        status = "done"
+    except FieldLockLostError:
+        status = "taken over"
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        if status != "taken over":  # the run that took over owns the record now
+            _record_run(dataset, label_field, run_config, run_hash, status=status, report=report)
     if callback is not None:
         callback(1.0, str(report))
-    _record_run(dataset, label_field, run_config, run_hash, status="done", report=report)
     return report
 
 
@@ -277,19 +327,18 @@ def _progress(progress, total):
 
 def _record_run(dataset, label_field, run_config, run_hash, status, report=None) -> None:
     """The run's configuration on the dataset (FiftyOne's custom runs), so a result can be traced and reproduced."""
-    key = "frtm_" + "".join(c if c.isalnum() else "_" for c in frame_field_name(label_field))
+    key = run_key(label_field)
     payload = dict(run_config, label_field=frame_field_name(label_field), config_hash=run_hash, status=status,
                    updated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if report is not None:
-        payload.update(processed=len(report.processed), failed=report.failed, frames=report.frames,
-                       fps=round(report.fps, 3) if report.seconds else None)
+        payload.update(processed=len(report.processed), skipped=len(report.skipped), failed=report.failed,
+                       frames=report.frames, fps=round(report.fps, 3) if report.seconds else None)
     dataset.register_run(key, dataset.init_run(**json.loads(json.dumps(payload, default=str))), overwrite=True)
 
 
 def run_config(dataset, label_field: str) -> dict:
     """The configuration recorded by the last propagation into ``label_field``."""
-    key = "frtm_" + "".join(c if c.isalnum() else "_" for c in frame_field_name(label_field))
-    return dataset.get_run_info(key).config.serialize()
+    return dataset.get_run_info(run_key(label_field)).config.serialize()
 
 
 # -- evaluation -----------------------------------------------------------------------------------------------------

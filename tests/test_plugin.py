@@ -210,7 +210,7 @@ def test_bad_videos_are_reported_and_skipped(clip, tmp_path):
     for e in extra[:2]:
         e.frames[1]["prompt"] = fo.Segmentation(mask=clip[1][0])
     ds.add_samples(extra)
-    report = frtm_plugin.propagate(ds, "prompt", "out", progress=False, **FAST)
+    report = frtm_plugin.propagate(ds, "prompt", "out", progress=False, force=True, **FAST)
     assert len(report.processed) == 1 and len(report.failed) == 4
     reasons = " | ".join(report.failed.values())
     assert "no prompt" in reasons and "480x852" in reasons and "corrupt.mp4" in reasons and "empty.mp4" in reasons

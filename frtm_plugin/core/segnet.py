@@ -332,6 +332,17 @@ def segnet_from_state_dict(sd: Mapping[str, torch.Tensor], meta: Optional[Mappin
     return net, info
 
 
+def _unpickling_reason(e: Exception) -> str:
+    """What torch's weights-only loader objected to, without its advice to load the file unsafely (never advise that
+    for a file from an unknown source)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith("WeightsUnpickler error:"):
+            return ln[len("WeightsUnpickler error:"):].strip().split(". ")[0]
+    safe = [ln for ln in lines if "weights_only" not in ln and "safe_globals" not in ln and "trusted" not in ln]
+    return (safe[0] if safe else "unsupported content").rstrip(".")
+
+
 def load_segnet_checkpoint(path: Union[str, os.PathLike], map_location="cpu") -> Tuple[SegNetwork, Dict[str, Any]]:
     """Load a released FRTM checkpoint (or one of ours) strictly.
 
@@ -347,9 +358,14 @@ def load_segnet_checkpoint(path: Union[str, os.PathLike], map_location="cpu") ->
     path = Path(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise ValueError(f"{path}: cannot be read as a weights-only torch checkpoint ({type(e).__name__}: {e})") \
-            from e
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: refused: it holds Python objects, not only tensors and plain containers "
+                         f"({_unpickling_reason(e)}). Nothing in it was run. Use a checkpoint saved as tensors "
+                         "(the released FRTM files are), or re-save one you trust as `{'model': state_dict}`") \
+            from None
+    except (RuntimeError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else 'truncated file?'})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt["model"], Mapping):
         kind = type(ckpt).__name__ if not isinstance(ckpt, dict) else f"dict with keys {sorted(map(str, ckpt))[:8]}"
         raise ValueError(f"{path}: expected a dict with a 'model' state dict (the released FRTM format), got {kind}")

@@ -31,6 +31,9 @@ from .merge import merge_labels, soft_aggregate
 from .target_model import SolverConfig, TargetModel
 
 MAX_OBJECT_ID = 254  # 0 is background and 255 is void in DAVIS label maps
+# The longest side at which frames are inferred unless asked otherwise: the scale S was trained at (DAVIS 480p,
+# 854x480). Larger frames are shrunk and their masks pasted back at full size; bench/max_size.py measures the choice.
+DEFAULT_MAX_SIZE = 854
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,8 @@ class TrackerConfig:
     solver: SolverConfig = field(default_factory=SolverConfig)
     num_aug: int = 5  # the first frame plus 4 augmented copies; 1 turns augmentation off
     merge: str = "released"  # or "single" (see merge.merge_labels)
-    max_size: int | None = None  # longest side at which to infer; masks are returned at the input size
+    max_size: int | None = DEFAULT_MAX_SIZE  # longest side at which to infer (None: full resolution); masks are
+    # returned at the input size
     seed: int = 0
 
 
@@ -115,12 +119,12 @@ class FRTMTracker:
         """Process the next frame. ``image``: (H, W, 3) uint8 RGB. ``new_masks``: masks of objects that start (or
         are re-annotated) on this frame, at the frame's size."""
         image = self._check_image(image)
-        self.frame_index += 1
+        index = self.frame_index + 1  # committed at the end: a step that raises leaves the tracker as it was
         full_hw = image.shape[:2]
         hw = inference_size(full_hw, self.config.max_size)
         if hw != full_hw:
             image = cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
-        prompts, full_prompts = self._prepare_prompts(new_masks or {}, full_hw, hw)
+        prompts, full_prompts = self._prepare_prompts(new_masks or {}, full_hw, hw, index)
         if not self.objects and not prompts:
             raise ValueError("no object to track: give the masks of the objects to follow on the frame where each "
                              "first appears (new_masks={obj_id: mask})")
@@ -139,7 +143,7 @@ class FRTMTracker:
                 probs[obj_id] = self._probability(s, feats, hw)
 
         for obj_id, mask in prompts.items():
-            self._start_object(obj_id, image, mask, target_feat)
+            self._start_object(obj_id, image, mask, target_feat, index)
             probs[obj_id] = torch.from_numpy(mask).to(self.device, torch.float32)
         if prompts and tracked:
             keep = 1.0 - torch.stack([probs[i] for i in prompts]).amax(dim=0)
@@ -161,9 +165,10 @@ class FRTMTracker:
                 keep = 1.0 - torch.stack(list(given.values())).amax(dim=0)
                 for row, obj_id in enumerate(ids):
                     stacked[row] = given[obj_id] if obj_id in given else stacked[row] * keep
-        index = merge_labels(stacked, self.config.merge)
-        lut = torch.tensor([0] + ids, device=index.device)
-        return StepOutput(labels=lut[index], probabilities={i: stacked[r] for r, i in enumerate(ids)},
+        winner = merge_labels(stacked, self.config.merge)
+        lut = torch.tensor([0] + ids, device=winner.device)
+        self.frame_index = index
+        return StepOutput(labels=lut[winner], probabilities={i: stacked[r] for r, i in enumerate(ids)},
                           coarse_scores=coarse)
 
     # -- internals ----------------------------------------------------------------------------------------------
@@ -178,16 +183,19 @@ class FRTMTracker:
     def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(image).to(self.device).permute(2, 0, 1)
 
-    def _prepare_prompts(self, new_masks, full_hw, hw) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    def _prepare_prompts(self, new_masks, full_hw, hw, index) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
         """Checked prompt masks at the inference size, and at the frame's size when the two differ."""
         prompts, full = {}, {}
         for obj_id, mask in new_masks.items():
             obj_id = int(obj_id)
             if not 1 <= obj_id <= MAX_OBJECT_ID:
                 raise ValueError(f"object ids must be in 1..{MAX_OBJECT_ID} (0 is background, 255 void), got {obj_id}")
-            m = fit_mask(mask, full_hw, obj_id)
+            try:
+                m = fit_mask(mask, full_hw, obj_id)
+            except ValueError as e:
+                raise ValueError(f"frame {index}: {e}") from None
             if not m.any():
-                raise ValueError(f"the mask of object {obj_id} on frame {self.frame_index} is empty: "
+                raise ValueError(f"the mask of object {obj_id} on frame {index} is empty: "
                                  "an object needs at least one foreground pixel where it starts")
             if hw != full_hw:
                 full[obj_id] = m
@@ -199,7 +207,7 @@ class FRTMTracker:
             prompts[obj_id] = m
         return prompts, full
 
-    def _start_object(self, obj_id: int, image: np.ndarray, mask: np.ndarray, frame_feature=None) -> None:
+    def _start_object(self, obj_id: int, image: np.ndarray, mask: np.ndarray, frame_feature, index: int) -> None:
         """Fit a new D on the frame and its augmented copies; ``frame_feature``: the frame's target-layer features
         when already computed for the objects tracked on this frame (sample 0 is the frame itself)."""
         cfg = self.config
@@ -214,7 +222,7 @@ class FRTMTracker:
         generator = torch.Generator().manual_seed(cfg.seed + obj_id)
         model = TargetModel(feats.shape[1], cfg.solver, generator=generator, device=self.device)
         model.initialize(feats, torch.from_numpy(labels).to(self.device))
-        self.objects[obj_id] = _Object(model, self.frame_index)
+        self.objects[obj_id] = _Object(model, index)
 
     def _probability(self, scores: torch.Tensor, feats: dict, hw) -> torch.Tensor:
         if self.segnet is None:  # D-only: D was fitted to 0/1 labels, so its upsampled score is a probability

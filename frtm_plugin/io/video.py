@@ -1,4 +1,9 @@
-"""Decoding video files to RGB frames, one at a time (nothing holds a whole video in memory)."""
+"""Decoding video files to RGB frames, one at a time (nothing holds a whole video in memory).
+
+A video that ends before the frame count its container declares (a file cut short by a failed copy or download)
+raises :class:`TruncatedVideoError` once its last decodable frame has been yielded, so a caller never mistakes it
+for a complete video.
+"""
 
 from __future__ import annotations
 
@@ -13,38 +18,70 @@ class VideoReadError(RuntimeError):
     """A video that cannot be opened or decoded, or that holds no frame."""
 
 
-def iter_video_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
-    """Yield the frames of any container/codec FFmpeg reads, as (H, W, 3) uint8 RGB, in display order."""
+class TruncatedVideoError(VideoReadError):
+    """A video that decoded fewer frames than its container (or the caller's metadata) says it holds."""
+
+    def __init__(self, path, decoded: int, expected: int):
+        self.path, self.decoded, self.expected = Path(path), decoded, expected
+        super().__init__(f"{path} ended after {decoded} of its {expected} frames: the file is truncated or damaged "
+                         "(an interrupted copy or download?); restore the whole file and run again")
+
+
+def ffmpeg_message(e: BaseException) -> str:
+    """FFmpeg's own words for an error, without PyAV's '[Errno 1094995529]' code and the repeated file name."""
+    text = getattr(e, "strerror", None) or str(e)
+    return text.rstrip(".") if text else type(e).__name__
+
+
+def _open(path: Path):
     import av  # PyAV: FFmpeg's decoders without a subprocess
 
-    path = Path(path)
     if not path.is_file():
         raise VideoReadError(f"video file not found: {path}")
+    if path.stat().st_size == 0:
+        raise VideoReadError(f"{path} is empty (0 bytes): not a video")
     try:
         container = av.open(str(path))
     except Exception as e:  # PyAV raises several error types for unreadable files
-        raise VideoReadError(f"cannot open video {path}: {e}") from e
+        raise VideoReadError(f"cannot open video {path}: {ffmpeg_message(e)} (not a video FFmpeg can read, or a "
+                             "damaged file)") from e
+    if not container.streams.video:
+        container.close()
+        raise VideoReadError(f"{path} has no video stream")
+    return container
+
+
+def iter_video_frames(path: str | os.PathLike, expected_frames: int | None = None) -> Iterator[np.ndarray]:
+    """Yield the frames of any container/codec FFmpeg reads, as (H, W, 3) uint8 RGB, in display order.
+
+    The number of frames decoded is checked against the count the container's index declares and against
+    ``expected_frames`` (e.g. FiftyOne's ``metadata.total_frame_count``) when given: fewer raises
+    :class:`TruncatedVideoError` after the last frame that could be decoded."""
+    import av
+
+    path = Path(path)
+    container = _open(path)
     n = 0
     with container:
-        if not container.streams.video:
-            raise VideoReadError(f"{path} has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        declared = max(int(stream.frames or 0), int(expected_frames or 0))
         try:
             for frame in container.decode(stream):
                 n += 1
                 yield frame.to_ndarray(format="rgb24")
         except av.error.FFmpegError as e:
-            raise VideoReadError(f"decoding {path} failed after {n} frames: {e}") from e
+            raise VideoReadError(f"decoding {path} failed after {n} frames: {ffmpeg_message(e)}") from e
     if n == 0:
         raise VideoReadError(f"{path} holds no decodable frame")
+    if declared and n < declared:
+        raise TruncatedVideoError(path, n, declared)
 
 
 def video_info(path: str | os.PathLike) -> dict:
     """Frame count (from the container, or by decoding when it does not say), rate and size."""
-    import av
-
-    with av.open(str(path)) as container:
+    path = Path(path)
+    with _open(path) as container:
         stream = container.streams.video[0]
         count = stream.frames
         rate = float(stream.average_rate) if stream.average_rate else None
@@ -54,14 +91,17 @@ def video_info(path: str | os.PathLike) -> dict:
     return {"num_frames": count, "fps": rate, "height": height, "width": width}
 
 
-def write_video(path: str | os.PathLike, frames, fps: int = 24, codec: str = "libx264") -> Path:
-    """Encode RGB frames ((H, W, 3) uint8, even sizes for H.264) to a video file with PyAV."""
+def write_video(path: str | os.PathLike, frames, fps: int = 24, codec: str = "libx264",
+                faststart: bool = False) -> Path:
+    """Encode RGB frames ((H, W, 3) uint8, even sizes for H.264) to a video file with PyAV. ``faststart`` puts an
+    MP4's index first (as streaming services do), so that a file cut short still opens."""
     import av
 
     path = Path(path)
     frames = iter(frames)
     first = next(frames)
-    with av.open(str(path), "w") as out:
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = first.shape[1], first.shape[0], "yuv420p"
         for f in (first, *frames):
