@@ -1,7 +1,8 @@
 """What a propagation run may write, and who may write it: the guards that keep a user's labels safe.
 
-- :func:`check_output_fields`: the output fields never equal or derive into the prompt field or an evaluation's
-  ground truth, and never replace labels this plugin did not write (unless forced).
+- :func:`check_not_prompt_or_ground_truth`: the output fields never equal or derive into the prompt field or an
+  evaluation's ground truth; :func:`check_not_foreign`: they never replace labels this plugin did not write
+  (unless forced).
 - :class:`FieldLock`: a run claims its output field in the database (owner, start time, heartbeat), so two runs
   never write one field at once; a claim whose owner died is taken over.
 - :func:`done_key` / :func:`redo_reason`: a video counts as done only for the configuration **and** the prompts it
@@ -63,12 +64,14 @@ def has_labels(dataset, field: str, frame_level: bool = True) -> bool:
     return dataset.count(path) > 0
 
 
-def check_output_fields(dataset, prompt_field: str, label_field: str, force: bool = False) -> None:
-    """Refuse, before anything is written, a run whose outputs would overwrite the prompts, an evaluation's ground
-    truth (never, whatever ``force`` says) or labels this plugin did not write (unless ``force``)."""
+def check_not_prompt_or_ground_truth(dataset, prompt_field: str, label_field: str, store_instances: bool = True,
+                                     store_heatmaps: bool = True) -> None:
+    """Refuse, before anything is written, a run whose outputs would overwrite the prompts or an evaluation's
+    ground truth (whatever ``force`` says)."""
     prompt_field = frame_field_name(prompt_field)
     out = output_fields(label_field)
-    frame_outputs = {k: out[k] for k in ("segmentation", "instances", "heatmap")}
+    kinds = ("segmentation",) + (("instances",) if store_instances else ()) + (("heatmap",) if store_heatmaps else ())
+    frame_outputs = {k: out[k] for k in kinds}
     for kind, name in frame_outputs.items():
         if name == prompt_field:
             how = "is" if kind == "segmentation" else f"derives ('{out['segmentation']}' + '_{name.rsplit('_', 1)[1]}')"
@@ -79,6 +82,14 @@ def check_output_fields(dataset, prompt_field: str, label_field: str, force: boo
         if name in guarded:
             raise ValueError(f"the output field 'frames.{name}' holds {guarded[name]}: propagating would "
                              "overwrite it; choose another label_field (or delete that evaluation first)")
+
+
+def check_not_foreign(dataset, label_field: str, force: bool = False, store_instances: bool = True,
+                      store_heatmaps: bool = True) -> None:
+    """Refuse to replace labels in the output fields that no FRTM run wrote, unless ``force``."""
+    out = output_fields(label_field)
+    kinds = ("segmentation",) + (("instances",) if store_instances else ()) + (("heatmap",) if store_heatmaps else ())
+    frame_outputs = {k: out[k] for k in kinds}
     if force or run_key(label_field) in dataset.list_runs():
         return  # our own outputs (or the user said so): overwrite/resume rules apply
     foreign = [f"frames.{name}" for name in frame_outputs.values()

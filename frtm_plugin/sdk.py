@@ -27,8 +27,8 @@ from .core.target_model import SolverConfig
 from .core.tracker import DEFAULT_MAX_SIZE, TrackerConfig
 from .fo_labels import (PROMPT_TYPES, frame_field_name, frame_field_type, prompt_digest, prompt_masks, to_detections,
                         to_heatmap, to_segmentation)
-from .fo_runs import (FieldLock, FieldLockLostError, check_output_fields, done_key, output_fields, redo_reason,
-                      run_key)
+from .fo_runs import (FieldLock, FieldLockLostError, check_not_foreign, check_not_prompt_or_ground_truth, done_key,
+                      output_fields, redo_reason, run_key)
 from .io.video import TruncatedVideoError, VideoReadError, iter_video_frames
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,8 @@ class PropagationReport:
         return s
 
 
-def _check_fields(samples, prompt_field: str, label_field: str, store_heatmaps: bool, force: bool = False) -> None:
+def _check_fields(samples, prompt_field: str, label_field: str, store_instances: bool, store_heatmaps: bool,
+                  force: bool = False) -> None:
     """Validate everything before touching a label: a bad field stops the run with nothing written."""
     if samples.media_type != "video":
         raise ValueError(f"FRTM propagates masks through videos; this collection's media type is "
@@ -71,9 +72,8 @@ def _check_fields(samples, prompt_field: str, label_field: str, store_heatmaps: 
         raise ValueError(f"the prompt field 'frames.{frame_field_name(prompt_field)}' holds "
                          f"{getattr(prompt_type, '__name__', prompt_type)}; prompts must be Segmentation masks or "
                          "Detections with instance masks")
+    check_not_prompt_or_ground_truth(samples._dataset, prompt_field, label_field, store_instances, store_heatmaps)
     out = output_fields(label_field)
-    if frame_field_name(label_field) == frame_field_name(prompt_field):
-        raise ValueError("the output field must differ from the prompt field")
     wanted = {"segmentation": fo.Segmentation, "instances": fo.Detections, "heatmap": fo.Heatmap}
     for kind, cls in wanted.items():
         if kind == "heatmap" and not store_heatmaps:
@@ -86,7 +86,7 @@ def _check_fields(samples, prompt_field: str, label_field: str, store_heatmaps: 
     schema = samples.get_field_schema()
     if out["marker"] in schema and not isinstance(schema[out["marker"]], fo.StringField):
         raise ValueError(f"the sample field '{out['marker']}' exists with another type; choose another label_field")
-    check_output_fields(samples._dataset, prompt_field, label_field, force)
+    check_not_foreign(samples._dataset, label_field, force, store_instances, store_heatmaps)
 
 
 def _declare_fields(dataset, out, store_instances, store_heatmaps) -> None:
@@ -235,7 +235,7 @@ def propagate(samples, prompt_field: str, label_field: str, model: str = "defaul
     from .models import build_tracker
 
     prompt_field = frame_field_name(prompt_field)
-    _check_fields(samples, prompt_field, label_field, store_heatmaps, force)
+    _check_fields(samples, prompt_field, label_field, store_instances, store_heatmaps, force)
     out = output_fields(label_field)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = TrackerConfig(solver=SolverConfig(), num_aug=num_aug, merge=merge, max_size=max_size, seed=seed)
@@ -246,7 +246,9 @@ def propagate(samples, prompt_field: str, label_field: str, model: str = "defaul
 
     lock = FieldLock(dataset, label_field, description=info.describe()).acquire(wait_s=lock_wait)
     try:
-        _check_fields(samples, prompt_field, label_field, store_heatmaps, force)  # again, now that the field is ours
+        # again, now that the field is ours: another run may have written it (and its run record) meanwhile
+        dataset.reload()
+        _check_fields(samples, prompt_field, label_field, store_instances, store_heatmaps, force)
         _declare_fields(dataset, out, store_instances, store_heatmaps)
         samples.compute_metadata()  # frame counts: progress, and the check that a video decodes whole
         report = _propagate_all(tracker, samples, dataset, prompt_field, label_field, out, run_config, run_hash,
@@ -348,11 +350,15 @@ def evaluation_fields(eval_key: str) -> dict[str, list[str]]:
             "frame": [f"{eval_key}_J", f"{eval_key}_F", f"{eval_key}_JF"]}
 
 
-def _frame_stack(sample, field: str, numbers: list[int], hw) -> np.ndarray:
+def _frame_stack(sample, field: str, numbers: list[int], hw, missing: list | None = None) -> np.ndarray:
+    """The masks of ``field`` on the given frames; a frame without one is an empty mask (its number is appended
+    to ``missing``)."""
     out = np.zeros((len(numbers), *hw), np.uint8)
     for row, fn in enumerate(numbers):
         label = sample.frames[fn][field] if sample.frames[fn].has_field(field) else None
         mask = label.get_mask() if label is not None else None
+        if mask is None and missing is not None:
+            missing.append(fn)
         if mask is not None:
             if mask.shape != tuple(hw):
                 raise ValueError(f"{sample.filepath}, frame {fn}: mask of '{field}' is {mask.shape[0]}x"
@@ -392,7 +398,7 @@ def compute_davis(samples, pred_field: str, gt_field: str, eval_key: str, progre
     for name in names["sample"]:
         if name not in sample_schema:
             dataset.add_sample_field(name, fo.DictField if name.endswith("_objects") else fo.FloatField)
-    results, skipped = {}, {}
+    results, skipped, missing = {}, {}, {}
     bar, callback = _progress(progress, len(samples))
     for i, sample in enumerate(samples.iter_samples()):
         numbers = [fn for fn, fr in sample.frames.items() if fr.has_field(gt_field) and fr[gt_field] is not None]
@@ -400,7 +406,10 @@ def compute_davis(samples, pred_field: str, gt_field: str, eval_key: str, progre
             skipped[sample.id] = "no ground truth"
             continue
         gt = _frame_stack(sample, gt_field, numbers, sample.frames[numbers[0]][gt_field].get_mask().shape)
-        pred = _frame_stack(sample, pred_field, numbers, gt.shape[1:])
+        absent: list[int] = []
+        pred = _frame_stack(sample, pred_field, numbers, gt.shape[1:], absent)
+        if absent:
+            missing[sample.id] = absent
         res = evaluate_sequence(gt, pred, name=sample.id)
         results[sample.id] = res
         target = dataset[sample.id]
@@ -435,7 +444,8 @@ def compute_davis(samples, pred_field: str, gt_field: str, eval_key: str, progre
         raise ValueError(f"no video has ground truth in 'frames.{gt_field}'")
     agg = aggregate(results)
     summary = {"eval_key": eval_key, "pred_field": pred_field, "gt_field": gt_field, "overall": agg["overall"],
-               "samples": {r["sequence"]: r for r in agg["rows"]}, "skipped": skipped}
+               "samples": {r["sequence"]: r for r in agg["rows"]}, "skipped": skipped,
+               "missing_predictions": missing}
     summary = json.loads(json.dumps(summary, default=_json_default))
     dataset.info.setdefault("frtm_evaluations", {})[eval_key] = summary
     dataset.save()
@@ -495,4 +505,10 @@ def format_summary(summary: dict) -> str:
              f"J-recall {o['J-recall']:.3f}, F-recall {o['F-recall']:.3f})"]
     if summary.get("skipped"):
         lines.append(f"  skipped: {len(summary['skipped'])} video(s) without ground truth")
+    missing = summary.get("missing_predictions") or {}
+    if missing:
+        n = sum(len(v) for v in missing.values())
+        lines.append(f"  {n} ground-truth frame(s) in {len(missing)} video(s) have no prediction in "
+                     f"'{summary['pred_field']}': DAVIS scores them as empty masks (J = 0 where an object is "
+                     "present), while FiftyOne's pixel metrics of the same evaluation skip them")
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from PIL import Image
 from frtm_plugin.cli import main
 from frtm_plugin.io.davis import load_sequence
 from frtm_plugin.io.labels import read_label_png, write_label_png
-from frtm_plugin.io.video import VideoReadError, iter_video_frames, video_info, write_video
+from frtm_plugin.io.video import TruncatedVideoError, VideoReadError, iter_video_frames, video_info, write_video
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 FAST = ["--num-aug", "1", "--max-size", "320", "--threads", "2", "--no-progress", "--model", "d-only"]
@@ -75,8 +75,9 @@ def test_bad_input_gives_clear_errors(tmp_path, capsys):
     # A first-frame mask two pixels narrower than the frame.
     narrow = tmp_path / "narrow.png"
     write_label_png(narrow, read_label_png(seq.annotation_paths[0])[:, :852])
-    assert main(["track", "--video", str(video), "--mask", str(narrow), "--out", str(tmp_path / "o"), *FAST]) == 2
+    assert main(["track", "--video", str(video), "--mask", str(narrow), "--out", str(tmp_path / "n"), *FAST]) == 2
     assert "480x852" in capsys.readouterr().err
+    assert not (tmp_path / "n").exists()  # a rejected mask leaves no (empty) output folder behind
 
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
@@ -85,7 +86,45 @@ def test_bad_input_gives_clear_errors(tmp_path, capsys):
     mask = tmp_path / "m.png"
     write_label_png(mask, read_label_png(seq.annotation_paths[0]))
     assert main(["track", "--video", str(corrupt), "--mask", str(mask), "--out", str(tmp_path / "o"), *FAST]) == 2
-    assert "corrupt.mp4" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "corrupt.mp4" in err and "Invalid data found" in err
+    assert "[Errno" not in err  # FFmpeg's words, not PyAV's error number
+
+
+def _truncated_copy(whole: Path, dest: Path, fraction: float) -> Path:
+    """A copy of a video cut short as an interrupted download leaves it (``head -c``)."""
+    import subprocess
+
+    size = int(whole.stat().st_size * fraction)
+    with open(dest, "wb") as f:
+        subprocess.run(["head", "-c", str(size), str(whole)], stdout=f, check=True)
+    return dest
+
+
+def test_truncated_video_is_an_error_not_a_short_video(tmp_path, capsys):
+    """An MP4 whose index says 30 frames but whose data stops early: the frames that decode are written, the
+    command says the file is truncated and exits 3; the whole file then runs to the end."""
+    import cv2
+
+    seq = load_sequence(DEMO, "rollerblade")
+    frames = [cv2.resize(seq.read_frame(i), (320, 180)) for i in range(30)]
+    whole = write_video(tmp_path / "whole.mp4", frames, faststart=True)
+    cut = _truncated_copy(whole, tmp_path / "cut.mp4", 0.4)
+    assert video_info(cut)["num_frames"] == 30
+    with pytest.raises(TruncatedVideoError) as info:
+        for _ in iter_video_frames(cut):
+            pass
+    assert 0 < info.value.decoded < 30 and info.value.expected == 30
+    mask = tmp_path / "m.png"
+    write_label_png(mask, cv2.resize(read_label_png(seq.annotation_paths[0]), (320, 180),
+                                     interpolation=cv2.INTER_NEAREST))
+    out = tmp_path / "res"
+    assert main(["track", "--video", str(cut), "--mask", str(mask), "--out", str(out), *FAST]) == 3
+    err = capsys.readouterr().err
+    assert f"ended after {info.value.decoded} of its 30 frames" in err and "truncated" in err
+    assert len(list((out / "cut").glob("*.png"))) == info.value.decoded
+    assert main(["track", "--video", str(whole), "--mask", str(mask), "--out", str(out), *FAST]) == 0
+    assert len(list((out / "whole").glob("*.png"))) == 30
 
 
 def test_decodes_non_h264_avi(long_video):

@@ -147,6 +147,38 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
         load_segnet_checkpoint(f)
 
 
+class _Payload:
+    """Unpickling this would run code: the weights-only loader must refuse it before anything runs."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_malicious_checkpoint_is_refused_without_unsafe_advice(tmp_path):
+    marker = tmp_path / "code-ran"
+    f = tmp_path / "evil.pth"
+    torch.save({"model": fake_checkpoint(RN18_FC), "payload": _Payload(marker)}, f)
+    with pytest.raises(ValueError) as e:
+        load_segnet_checkpoint(f)
+    msg = str(e.value)
+    assert not marker.exists()  # nothing in the file ran
+    assert "evil.pth" in msg and "refused" in msg and "Nothing in it was run" in msg
+    assert "weights_only" not in msg and "trusted source" not in msg  # never advise loading it unsafely
+    assert "Unsupported global: GLOBAL getattr" in msg  # what it held, so the user knows why
+
+    f = tmp_path / "cut.pth"
+    good = tmp_path / "good.pth"
+    torch.save({"model": fake_checkpoint(RN18_FC)}, good)
+    f.write_bytes(good.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="cut.pth: not a readable torch checkpoint"):
+        load_segnet_checkpoint(f)
+
+
 def test_save_and_load_own_checkpoint_with_meta(tmp_path):
     torch.manual_seed(0)
     net = SegNetwork(MBV2_FC)

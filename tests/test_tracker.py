@@ -99,6 +99,35 @@ def test_errors_on_bad_input(mobilenet):
     assert out.labels.shape == (64, 96) and (out.labels == 1).sum() == mask[:, :95].sum()
 
 
+def test_a_failed_step_leaves_the_frame_counter(mobilenet):
+    """A step that raises is not a frame: the next error (and the next object's start) names the right frame."""
+    frame = np.zeros((64, 96, 3), np.uint8)
+    mask = np.zeros((64, 96), bool)
+    mask[20:40, 30:60] = True
+    tr = _tiny_tracker(mobilenet)
+    for bad in ({1: mask[:60]}, {1: np.zeros((64, 96), bool)}, {300: mask}):
+        with pytest.raises(ValueError):
+            tr.step(frame, bad)
+        assert tr.frame_index == -1 and not tr.objects
+    tr.step(frame, {1: mask})
+    assert tr.frame_index == 0
+    with pytest.raises(ValueError, match="frame 1: the mask of object 2 is 60x96"):
+        tr.step(frame, {2: mask[:60]})
+    with pytest.raises(ValueError, match="object 2 on frame 1 is empty"):
+        tr.step(frame, {2: np.zeros((64, 96), bool)})
+    tr.step(frame, {2: mask})
+    assert tr.frame_index == 1 and tr.objects[2].start_frame == 1 and tr.objects[1].start_frame == 0
+
+
+def test_default_inference_cap_shrinks_large_frames_only(mobilenet):
+    from frtm_plugin.core.tracker import DEFAULT_MAX_SIZE, inference_size
+
+    assert TrackerConfig().max_size == DEFAULT_MAX_SIZE
+    assert inference_size((2160, 3840), DEFAULT_MAX_SIZE) == (480, 854)
+    assert inference_size((480, 854), DEFAULT_MAX_SIZE) == (480, 854)  # DAVIS 480p runs at its own size
+    assert inference_size((2160, 3840), None) == (2160, 3840)  # None still means full resolution
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     from frtm_plugin.models import build_tracker
 
