@@ -18,6 +18,14 @@ os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
 from setuptools import find_packages, setup  # noqa: E402
 
 CSRC = "csrc"
+
+
+def _version() -> str:
+    """The one version string lives in frtm_plugin/__init__.py (fiftyone.yml repeats it; a test keeps them equal)."""
+    import re
+
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "frtm_plugin", "__init__.py")) as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 CXX_FLAGS = ["-O3", "-std=c++20", "-fopenmp", "-Wno-psabi"]  # -fopenmp: at::parallel_for is single-threaded without it
 
 
@@ -87,7 +95,7 @@ ext_modules, cmdclass = _extensions()
 
 setup(
     name="frtm-plugin",
-    version="0.1.0",
+    version=_version(),
     description="FRTM video object segmentation for FiftyOne",
     packages=find_packages(include=["frtm_plugin", "frtm_plugin.*"]),
     package_data={"frtm_plugin": ["weights/*.pth", "weights/*.md"]},

@@ -15,11 +15,11 @@ __version__ = "0.1.0"
 def __getattr__(name):
     # The FiftyOne SDK is imported only when asked for: the core library does not need FiftyOne.
     if name in ("propagate", "evaluate", "compute_davis", "run_config"):
-        from . import sdk
+        from .fo import sdk
 
         return getattr(sdk, name)
     if name in ("import_davis", "export_davis"):
-        from . import fo_dataio
+        from .fo import dataio
 
-        return getattr(fo_dataio, name)
+        return getattr(dataio, name)
     raise AttributeError(f"module 'frtm_plugin' has no attribute {name!r}")

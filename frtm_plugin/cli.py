@@ -230,7 +230,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .fo.demo import run_demo
 
     run_demo(args.name, args.model, args.max_size)
     return 0

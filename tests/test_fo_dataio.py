@@ -1,4 +1,4 @@
-"""frtm_plugin.fo_dataio against a temporary FiftyOne database (real DAVIS-2016 and judo-sparse data)."""
+"""frtm_plugin.fo.dataio against a temporary FiftyOne database (real DAVIS-2016 and judo-sparse data)."""
 
 import json
 import os
@@ -46,8 +46,8 @@ def fo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dio(fo):
-    from frtm_plugin import fo_dataio
-    return fo_dataio
+    from frtm_plugin.fo import dataio
+    return dataio
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ fo = pytest.importorskip("fiftyone")
 
 import frtm_plugin  # noqa: E402
 from frtm_plugin.core.tracker import DEFAULT_MAX_SIZE  # noqa: E402
-from frtm_plugin.fo_runs import FieldLock, FieldLockedError, output_fields  # noqa: E402
+from frtm_plugin.fo.runs import FieldLock, FieldLockedError, output_fields  # noqa: E402
 from frtm_plugin.io.davis import load_sequence  # noqa: E402
 from frtm_plugin.io.labels import read_label_png  # noqa: E402
 from frtm_plugin.io.video import write_video  # noqa: E402
@@ -205,7 +205,7 @@ def test_a_truncated_video_is_reported_and_not_marked_done(tmp_path):
 
 RUN = """
 import json, sys, frtm_plugin, fiftyone as fo
-from frtm_plugin.fo_runs import FieldLockedError
+from frtm_plugin.fo.runs import FieldLockedError
 ds = fo.load_dataset({name!r})
 try:
     r = frtm_plugin.propagate(ds, "prompt", "out", model="d-only", max_size={max_size}, num_aug=1, progress=False,
@@ -263,7 +263,7 @@ def test_field_lock_claims_waits_and_takes_over_dead_owners(clip):
     try:
         from fiftyone.core.odm import get_db_conn
 
-        from frtm_plugin.fo_runs import LOCK_COLLECTION
+        from frtm_plugin.fo.runs import LOCK_COLLECTION
 
         coll = get_db_conn()[LOCK_COLLECTION]
         a = FieldLock(ds, "out", description="model A", heartbeat_s=0.2).acquire()

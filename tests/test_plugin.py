@@ -273,7 +273,7 @@ def test_killed_delegated_run_resumes_to_complete_labels(clip):
 
 def test_demo_builds_scores_and_keeps_the_dataset(capsys):
     """The README's main job, on a smaller setting: persistent dataset, operator run, J&F printed."""
-    from frtm_plugin.demo import run_demo
+    from frtm_plugin.fo.demo import run_demo
 
     out = run_demo("demo-test", model="d-only", max_size=256)
     printed = capsys.readouterr().out
@@ -284,5 +284,29 @@ def test_demo_builds_scores_and_keeps_the_dataset(capsys):
         assert 0.3 < out["evaluate"]["J&F"] <= 1
         assert "DAVIS J&F" in printed and "FPS" in printed and "app launch demo-test" in printed
         assert ds.first()["davis_JF"] == pytest.approx(out["evaluate"]["J&F"])
+    finally:
+        ds.delete()
+
+
+def test_form_takes_both_field_spellings_and_refuses_bad_input_without_raising(clip):
+    """FiftyOne's own spelling 'frames.name' and the bare name both run; a field that is not a prompt, or a dataset
+    without one, makes the form invalid (a message, no KeyError from execute)."""
+    ds = _dataset("form", clip)
+    try:
+        for spelling, out in (("frames.prompt", "a"), ("prompt", "b")):
+            result = _run_op("@frtm/frtm-vos/propagate", ds, {"prompt_field": spelling, "label_field": out, **FAST})
+            assert result.error is None and result.result["processed"] == 1, result.error
+            assert isinstance(result.result["fps"], float) and result.result["fps"] == round(result.result["fps"], 2)
+        assert np.array_equal(ds.first().frames[4]["a"].get_mask(), ds.first().frames[4]["b"].get_mask())
+        from fiftyone.operators.executor import ExecutionError
+
+        with pytest.raises(ExecutionError, match="Validation error.*'frames.gtx' is not a prompt field"):
+            _run_op("@frtm/frtm-vos/propagate", ds, {"prompt_field": "frames.gtx", "label_field": "c", **FAST})
+        assert "c" not in ds.get_frame_field_schema()
+        empty = fo.Dataset("form-empty")
+        empty.add_sample(fo.Sample(filepath=str(clip[0])))
+        with pytest.raises(ExecutionError, match="Validation error.*no prompt field"):
+            _run_op("@frtm/frtm-vos/propagate", empty, {"prompt_field": "prompt", "label_field": "c"})
+        empty.delete()
     finally:
         ds.delete()

@@ -27,13 +27,10 @@ import torch.nn.functional as F
 
 from .. import ops
 from .augment import augment_first_frame
+from .defaults import DEFAULT_MAX_SIZE, MAX_OBJECT_ID  # noqa: F401  (re-exported)
 from .merge import merge_labels, soft_aggregate
 from .target_model import SolverConfig, TargetModel
 
-MAX_OBJECT_ID = 254  # 0 is background and 255 is void in DAVIS label maps
-# The longest side at which frames are inferred unless asked otherwise: the scale S was trained at (DAVIS 480p,
-# 854x480). Larger frames are shrunk and their masks pasted back at full size; bench/max_size.py measures the choice.
-DEFAULT_MAX_SIZE = 854
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ def fiftyone_sequences(dataset, label_field: str = "ground_truth", exclude: Sequ
     """Sequences from a FiftyOne **video** dataset (a ``fo.Dataset``, a view, or a dataset name) whose frames carry
     ``fo.Segmentation`` ground truth in ``frames.<label_field>`` (``mask`` or ``mask_path``; values are object ids,
     or 0/255 / bool for one object). Frames without the field are unannotated. A sequence is named
-    ``sample[name_field]``, else the sample's ``sequence`` field when set (``fo_dataio.import_davis`` sets it), else
+    ``sample[name_field]``, else the sample's ``sequence`` field when set (``frtm_plugin.fo.dataio.import_davis`` sets it), else
     its video file's stem; ``exclude`` leaves names out. FiftyOne is imported here only."""
     import fiftyone as fo  # lazily: the rest of the trainer does not need FiftyOne or its database
 
@@ -126,7 +126,7 @@ def fiftyone_sequences(dataset, label_field: str = "ground_truth", exclude: Sequ
     for sample in ds:
         path = sample.filepath
         if name_field is None and sample.has_field("sequence") and sample["sequence"]:
-            name = str(sample["sequence"])  # datasets imported by fo_dataio.import_davis
+            name = str(sample["sequence"])  # datasets imported by fo.dataio.import_davis
         else:
             name = str(sample[name_field]) if name_field else Path(path).stem
         if name in seen:

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 
 import fiftyone as fo
 
-from .fo_labels import frame_field_name, frame_field_type
+from .labels import frame_field_name, frame_field_type
 
 log = logging.getLogger(__name__)
 

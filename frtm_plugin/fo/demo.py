@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO_CLIP = REPO / "data" / "demo"
 PLUGIN_NAME = "frtm-vos"
 
@@ -35,7 +35,7 @@ def run_demo(name: str = "frtm-demo", model: str = "default", max_size: int | No
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
     import fiftyone.operators as foo
 
-    from .fo_dataio import import_davis
+    from .dataio import import_davis
 
     link = ensure_plugin_installed()
     if link is not None:

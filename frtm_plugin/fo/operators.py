@@ -1,4 +1,5 @@
-"""The plugin's operators: thin forms over :mod:`frtm_plugin.sdk`.
+"""The plugin's operators: thin forms over :mod:`frtm_plugin.fo.sdk`, which is imported only when an operator runs
+(listing the plugin or drawing a form never loads torch).
 
 ``@frtm/frtm-vos/propagate``: propagate prompt masks through the target videos (immediate or delegated).
 ``@frtm/frtm-vos/evaluate``: DAVIS J, F and J&F per frame, object and video.
@@ -12,9 +13,8 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 from fiftyone.operators.evaluation_metric import EvaluationMetric, EvaluationMetricConfig
 
-from . import sdk
-from .core.tracker import DEFAULT_MAX_SIZE
-from .fo_labels import PROMPT_TYPES
+from ..core.defaults import DEFAULT_MAX_SIZE
+from .labels import PROMPT_TYPES, frame_field_name
 
 MODEL_CHOICES = {"default": "Offline default (MobileNetV2)", "d-only": "Target model only (no S)",
                  "path": "Checkpoint file (released FRTM format)"}
@@ -56,23 +56,31 @@ class PropagateOperator(foo.Operator):
         ctx.target_view()  # opts the form into the system's dataset / current view / selected samples choice
         if ctx.dataset is None or ctx.dataset.media_type != "video":
             inputs.view("warning", types.Warning(label="FRTM propagates masks through videos: open a video "
-                                                       "dataset"))
+                                                       "dataset"), invalid=True, error_message="not a video dataset")
             return types.Property(inputs)
         prompts = _prompt_fields(ctx)
         if not prompts:
             inputs.view("warning", types.Warning(
                 label="No frame-level mask field",
                 description="Prompts are frame-level Segmentation masks (object ids) or Detections with instance "
-                            "masks, on the frame where each object first appears."))
+                            "masks, on the frame where each object first appears."),
+                        invalid=True, error_message="no prompt field")
             return types.Property(inputs)
         choices = types.Dropdown()
         for p in prompts:
-            choices.add_choice(p, label=f"frames.{p}")
+            choices.add_choice(f"frames.{p}", label=f"frames.{p}")
         default = next((p for p in prompts if "prompt" in p), prompts[0])
-        inputs.enum("prompt_field", choices.values(), default=default, required=True, label="Prompt field",
-                    description="Masks on the frame where each object first appears", view=choices)
+        # a string with a dropdown, not an enum: FiftyOne's "frames.name" and the bare "name" are both accepted
+        inputs.str("prompt_field", default=f"frames.{default}", required=True, label="Prompt field",
+                   description="Masks on the frame where each object first appears", view=choices)
         inputs.str("label_field", default="frtm", required=True, label="Output field",
                    description="Writes frames.<field> (Segmentation), <field>_instances (Detections)")
+        chosen = ctx.params.get("prompt_field")
+        if chosen and frame_field_name(chosen) not in prompts:
+            inputs.view("bad_prompt", types.Warning(
+                label=f"'{chosen}' is not a prompt field of this dataset",
+                description="Choose one of: " + ", ".join(f"frames.{p}" for p in prompts)), invalid=True,
+                error_message=f"'{chosen}' is not a prompt field")
         model = types.RadioGroup()
         for k, v in MODEL_CHOICES.items():
             model.add_choice(k, label=v)
@@ -102,6 +110,8 @@ class PropagateOperator(foo.Operator):
         model = p.get("model", "default")
         if model == "path":
             model = p["model_path"]
+        from . import sdk
+
         max_size = p.get("max_size")
         max_size = None if max_size == 0 else (max_size or DEFAULT_MAX_SIZE)  # 0: full resolution; empty: default
         report = sdk.propagate(ctx.target_view(), p["prompt_field"], p.get("label_field", "frtm"), model=model,
@@ -134,7 +144,8 @@ class EvaluateOperator(foo.Operator):
         ctx.target_view()
         segs = _frame_fields(ctx, (fo.Segmentation,))
         if len(segs) < 2:
-            inputs.view("warning", types.Warning(label="Needs two frame-level Segmentation fields"))
+            inputs.view("warning", types.Warning(label="Needs two frame-level Segmentation fields"), invalid=True,
+                        error_message="needs two Segmentation fields")
             return types.Property(inputs)
         inputs.enum("pred_field", segs, default="frtm" if "frtm" in segs else segs[0], required=True,
                     label="Predictions")
@@ -148,6 +159,8 @@ class EvaluateOperator(foo.Operator):
         return bool(ctx.params.get("delegate", False))
 
     def execute(self, ctx):
+        from . import sdk
+
         p = ctx.params
         summary = sdk.evaluate(ctx.target_view(), p["pred_field"], p["gt_field"], p.get("eval_key", "davis"),
                                progress=_progress_callback(ctx))
@@ -169,11 +182,15 @@ class DavisJFMetric(EvaluationMetric):
         return cfg
 
     def compute(self, samples, results, progress=False, **kwargs):
+        from . import sdk
+
         cfg = results.config
         summary = sdk.compute_davis(samples, cfg.pred_field, cfg.gt_field, results.key, progress=progress)
         return summary["overall"]["J&F"]
 
     def get_fields(self, samples, config, eval_key):
+        from . import sdk
+
         f = sdk.evaluation_fields(eval_key)
         return f["sample"] + ["frames." + x for x in f["frame"]]
 

@@ -22,14 +22,14 @@ import numpy as np
 
 import fiftyone as fo
 
-from . import __version__
-from .core.target_model import SolverConfig
-from .core.tracker import DEFAULT_MAX_SIZE, TrackerConfig
-from .fo_labels import (PROMPT_TYPES, frame_field_name, frame_field_type, prompt_digest, prompt_masks, to_detections,
+from .. import __version__
+from ..core.target_model import SolverConfig
+from ..core.tracker import DEFAULT_MAX_SIZE, TrackerConfig
+from .labels import (PROMPT_TYPES, frame_field_name, frame_field_type, prompt_digest, prompt_masks, to_detections,
                         to_heatmap, to_segmentation)
-from .fo_runs import (FieldLock, FieldLockLostError, check_not_foreign, check_not_prompt_or_ground_truth, done_key,
+from .runs import (FieldLock, FieldLockLostError, check_not_foreign, check_not_prompt_or_ground_truth, done_key,
                       output_fields, redo_reason, run_key)
-from .io.video import TruncatedVideoError, VideoReadError, iter_video_frames
+from ..io.video import TruncatedVideoError, VideoReadError, iter_video_frames
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def _propagate_one(tracker, dataset, sample, prompt_field, out, store_instances,
         prompts, names = _read_prompts(sample, prompt_field, first.shape[:2])
         if not prompts:
             raise ValueError(f"no prompt: no frame of 'frames.{prompt_field}' holds an object mask")
-        from .core.tracker import fit_mask
+        from ..core.tracker import fit_mask
 
         for index, masks in prompts.items():  # size checks up front: a bad mask must not leave half a video
             for obj_id, m in masks.items():
@@ -232,10 +232,13 @@ def propagate(samples, prompt_field: str, label_field: str, model: str = "defaul
     """
     import torch
 
-    from .models import build_tracker
+    from ..models import build_tracker
 
     prompt_field = frame_field_name(prompt_field)
-    _check_fields(samples, prompt_field, label_field, store_instances, store_heatmaps, force)
+    # Checked before the model loads, so bad input fails fast; while another FRTM run holds the field its labels
+    # are FRTM's (its run record may be mid-update): the ownership check then waits for the claim, below.
+    busy = FieldLock.holder(samples._dataset, label_field) is not None
+    _check_fields(samples, prompt_field, label_field, store_instances, store_heatmaps, force or busy)
     out = output_fields(label_field)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = TrackerConfig(solver=SolverConfig(), num_aug=num_aug, merge=merge, max_size=max_size, seed=seed)
@@ -335,7 +338,11 @@ def _record_run(dataset, label_field, run_config, run_hash, status, report=None)
     if report is not None:
         payload.update(processed=len(report.processed), skipped=len(report.skipped), failed=report.failed,
                        frames=report.frames, fps=round(report.fps, 3) if report.seconds else None)
-    dataset.register_run(key, dataset.init_run(**json.loads(json.dumps(payload, default=str))), overwrite=True)
+    config = dataset.init_run(**json.loads(json.dumps(payload, default=str)))
+    if key in dataset.list_runs():
+        dataset.update_run_config(key, config)  # in place: never a moment without a record, for other processes
+    else:
+        dataset.register_run(key, config)
 
 
 def run_config(dataset, label_field: str) -> dict:
@@ -379,7 +386,7 @@ def compute_davis(samples, pred_field: str, gt_field: str, eval_key: str, progre
     Returns the summary (DAVIS global convention: means over all objects of all videos), also stored in
     ``dataset.info["frtm_evaluations"][eval_key]``.
     """
-    from .metrics import aggregate, evaluate_sequence
+    from ..metrics import aggregate, evaluate_sequence
 
     pred_field, gt_field = frame_field_name(pred_field), frame_field_name(gt_field)
     for f, what in ((pred_field, "prediction"), (gt_field, "ground truth")):

@@ -27,9 +27,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .io.davis import (IMAGE_EXTENSIONS, SequenceFolder, list_sequences, load_sequence, read_image,
+from ..io.davis import (IMAGE_EXTENSIONS, SequenceFolder, list_sequences, load_sequence, read_image,
                        sequence_from_dirs)
-from .io.labels import VOID, read_label_png, write_label_png
+from ..io.labels import VOID, read_label_png, write_label_png
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def _reusable(mp4: Path, frame_paths: list[Path], width: int, height: int, fps: 
     try:
         if mp4.stat().st_mtime < max(p.stat().st_mtime for p in frame_paths):
             return False
-        from .io.video import video_info
+        from ..io.video import video_info
         info = video_info(mp4)
     except Exception:  # unreadable / truncated file: encode again
         return False
@@ -360,7 +360,7 @@ def _fill_metadata(collection, progress) -> None:
 
 def _pyav_metadata(path: str):
     import fiftyone as fo
-    from .io.video import video_info
+    from ..io.video import video_info
 
     info = video_info(path)
     return fo.VideoMetadata(size_bytes=os.path.getsize(path), mime_type="video/mp4",

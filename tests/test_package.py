@@ -1,0 +1,51 @@
+"""Packaging facts: one version string, and the layers run one way (core and io never import FiftyOne)."""
+
+import ast
+import re
+from pathlib import Path
+
+import frtm_plugin
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_one_version_string():
+    yml = re.search(r"^version:\s*(\S+)", (ROOT / "fiftyone.yml").read_text(), re.M).group(1)
+    assert yml == frtm_plugin.__version__
+    setup = (ROOT / "setup.py").read_text()
+    assert "version=_version()" in setup and '"0.' not in setup.split("setup(")[-1]
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_layers_run_one_way():
+    pkg = ROOT / "frtm_plugin"
+    for sub in ("core", "ops", "io"):
+        for path in (pkg / sub).glob("*.py"):
+            assert "fiftyone" not in _imports(path), f"{path} imports fiftyone"
+    for path in (pkg / "core").glob("*.py"):
+        text = path.read_text()
+        assert "from ..io" not in text and "from ..fo" not in text, f"{path} imports a higher layer"
+    # Everything that imports FiftyOne lives in frtm_plugin/fo.
+    for path in pkg.rglob("*.py"):
+        if "fiftyone" in _imports(path):
+            assert path.parent.name == "fo" or path.parent.name == "train", path
+
+
+def test_operators_import_without_torch():
+    """Listing the plugin and drawing its forms must not load the heavy library."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import frtm_plugin.fo.operators; "
+            "print('torch' in sys.modules, 'frtm_plugin.fo.sdk' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
