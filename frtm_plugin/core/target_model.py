@@ -31,6 +31,11 @@ class SolverConfig:
     learning_rate: float = 0.1
     hinge_kappa: float | None = 0.1  # None: all pixel weights 1 (the training recipe)
     min_update_pixels: int = 10
+    # Re-anchoring on a later keyframe (not in the released code, which reads one mask per object): the keyframe's
+    # samples take this share of the memory's weight, are never replaced, and W2 is refitted with these CG steps.
+    reanchor_share: float = 0.5
+    reanchor_cg_iters: tuple[int, ...] = (10, 10)
+    max_protected_share: float = 0.5  # of the memory's slots; the oldest keyframes' samples are released first
 
 
 def hinge_pixel_weights(masks: torch.Tensor, kappa: float | None = 0.1, min_pixels: int = 10) -> torch.Tensor:
@@ -60,7 +65,10 @@ class SampleMemory:
     The weight rule is pytracking's ``update_sample_weights`` as the released code uses it: the lowest-weight slot
     is replaced (empty slots weigh 0, so they fill first, in order); the new sample weighs 1/(1 - eta) times the
     previous newest one (eta on the first insert, after the others are scaled by 1/(1 - eta)); then weights are
-    normalised. No sample is protected: the first frame eventually ages out too.
+    normalised. No sample of the first frame is protected: it eventually ages out too, as in the released code.
+
+    Keyframes added later (:meth:`insert_keyframe`) are protected: their slots are never replaced, until protected
+    slots would exceed ``max_protected`` and the oldest keyframe's slots are released.
     """
 
     def __init__(self, capacity: int, channels: int, feat_hw: tuple[int, int], learning_rate: float, *,
@@ -72,8 +80,10 @@ class SampleMemory:
         self.stencil = torch.zeros(capacity, 9, hf, wf, dtype=dtype, device=device)
         self.target = torch.zeros(capacity, hf, wf, dtype=dtype, device=device)
         self.weights = torch.zeros(capacity, dtype=dtype, device=device)
+        self.protected = torch.zeros(capacity, dtype=torch.bool, device=device)
         self.count = 0
         self._newest: int | None = None
+        self._keyframe_slots: list[list[int]] = []  # protected slots per keyframe, oldest first
 
     def initialize(self, features, stencil, target, weights) -> None:
         k = features.shape[1]
@@ -90,7 +100,7 @@ class SampleMemory:
     def insert(self, feature, stencil, target) -> int:
         """Add one sample (c, Hf, Wf) with its (9, Hf, Wf) stencil and (Hf, Wf) map; returns the slot used."""
         w, eta = self.weights, self.learning_rate
-        slot = int(torch.argmin(w))
+        slot = self._free_slots(1)[0]
         if self._newest is None:
             w /= 1.0 - eta
             w[slot] = eta
@@ -103,6 +113,38 @@ class SampleMemory:
         self._newest = slot
         self.count = min(self.count + 1, self.capacity)
         return slot
+
+    def _free_slots(self, k: int) -> list[int]:
+        """The k unprotected slots of lowest weight (empty slots weigh 0, so they come first, in order)."""
+        w = self.weights.masked_fill(self.protected, float("inf"))
+        return [int(i) for i in torch.sort(w, stable=True).indices[:k]]
+
+    def insert_keyframe(self, features, stencil, target, share: float, max_protected: int) -> list[int]:
+        """Add a keyframe's samples ((c, K, Hf, Wf) projected features, their stencils and maps; sample 0 the frame,
+        the others augmented copies) as protected samples holding ``share`` of the total weight (the original
+        counted double, as on the first frame); the other samples keep the rest in their proportions. The next
+        tracked frame then enters as the first one after initialisation does (weight eta)."""
+        k = features.shape[1]
+        while self._keyframe_slots and int(self.protected.sum()) + k > max_protected:
+            self.protected[self._keyframe_slots.pop(0)] = False  # the oldest correction may age out now
+        if int(self.protected.sum()) + k > self.capacity:
+            raise ValueError(f"{k} keyframe samples do not fit in a memory of {self.capacity}")
+        slots = self._free_slots(k)
+        idx = torch.tensor(slots, device=self.weights.device)
+        self.weights[idx] = 0.0
+        rest = self.weights.sum()
+        if rest > 0:
+            self.weights *= (1.0 - share) / rest
+        self.weights[idx] = initial_sample_weights(k, self.weights.dtype, self.weights.device) * (share if rest > 0
+                                                                                                 else 1.0)
+        self.features[:, idx] = features
+        self.stencil[idx] = stencil
+        self.target[idx] = target
+        self.protected[idx] = True
+        self._keyframe_slots.append(slots)
+        self._newest = None
+        self.count = max(self.count, max(slots) + 1)
+        return slots
 
     def active(self):
         """Views of the filled slots (always the first ``count``: slots fill in order and never empty)."""
@@ -194,10 +236,24 @@ class TargetModel:
             self._refit_filter()
         return True
 
-    def _refit_filter(self) -> None:
+    def reanchor(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Learn a keyframe of an object already tracked (a user's correction): features (K, C, Hf, Wf) of the frame
+        (sample 0) and its augmented copies, binary labels (K, H, W). W1 stays (the memory holds W1-projected
+        features); the samples enter the memory protected, then W2 is refitted on the whole memory."""
+        cfg = self.config
+        labels = labels.to(self.w1.dtype)
+        pixel_weights = hinge_pixel_weights(labels, cfg.hinge_kappa, cfg.min_update_pixels)
+        stencil, target = ops.stencil_precompute(labels, pixel_weights, features.shape[-2:])
+        x = features.to(self.w1.dtype).permute(1, 0, 2, 3).contiguous()
+        max_protected = max(features.shape[0], int(cfg.max_protected_share * cfg.memory_size))
+        self.memory.insert_keyframe(self._project_all(x), stencil, target, cfg.reanchor_share, max_protected)
+        self._refit_filter(cfg.reanchor_cg_iters)
+
+    def _refit_filter(self, cg_iters: tuple[int, ...] | None = None) -> None:
         features, stencil, target, weights = self.memory.active()
         problem = UpdateProblem(features, stencil, target, weights, self.config.filter_reg[1])
-        (self.w2,) = gauss_newton(problem, (self.w2,), self.config.update_cg_iters, self.config.precond[1:])
+        (self.w2,) = gauss_newton(problem, (self.w2,), cg_iters or self.config.update_cg_iters,
+                                  self.config.precond[1:])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The released layout: ``project.weight`` (c, C, 1, 1) and ``filter.weight`` (1, c, 3, 3)."""

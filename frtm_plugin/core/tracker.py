@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from .. import ops
 from .augment import augment_first_frame
 from .defaults import DEFAULT_MAX_SIZE, MAX_OBJECT_ID  # noqa: F401  (re-exported)
+from .prompts import check_object_id, fit_mask, masks_from_label_map  # noqa: F401  (re-exported)
 from .merge import merge_labels, soft_aggregate
 from .target_model import SolverConfig, TargetModel
 
@@ -41,44 +42,21 @@ class TrackerConfig:
     max_size: int | None = DEFAULT_MAX_SIZE  # longest side at which to infer (None: full resolution); masks are
     # returned at the input size
     seed: int = 0
+    reanchor_aug: int = 1  # samples learned from a later keyframe of a tracked object (1: the frame alone)
 
 
 @dataclass
 class StepOutput:
     labels: torch.Tensor  # (H, W) int64 object ids at the input resolution, 0 = background
     probabilities: dict[int, torch.Tensor]  # per object, (H, W) float32 before the multi-object merge
-    coarse_scores: dict[int, torch.Tensor]  # per tracked object, D's (Hf, Wf) scores (absent on its start frame)
+    coarse_scores: dict[int, torch.Tensor]  # per tracked object, D's (Hf, Wf) scores (absent on its keyframes)
+    inference_probabilities: dict[int, torch.Tensor] = field(default_factory=dict)  # the same at the inference size
 
 
 @dataclass
 class _Object:
     target_model: TargetModel
     start_frame: int
-
-
-def fit_mask(mask, frame_hw: tuple[int, int], obj_id) -> np.ndarray:
-    """A prompt mask as a bool (H, W) array of the frame's size; a one-pixel difference (a rounding artefact of some
-    annotation tools) is padded with background or cropped, anything more is an error."""
-    m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-    if m.ndim == 3 and m.shape[-1] == 1:
-        m = m[..., 0]
-    if m.ndim != 2:
-        raise ValueError(f"the mask of object {obj_id} must be 2-D (H, W), got shape {m.shape}")
-    h, w = frame_hw
-    if abs(m.shape[0] - h) > 1 or abs(m.shape[1] - w) > 1:
-        raise ValueError(f"the mask of object {obj_id} is {m.shape[0]}x{m.shape[1]} (HxW) but the frame is {h}x{w}; "
-                         "masks must match the frame size (a one-pixel difference is padded)")
-    m = m > (0.5 if m.dtype.kind == "f" else 0)
-    out = np.zeros((h, w), dtype=bool)
-    hh, ww = min(h, m.shape[0]), min(w, m.shape[1])
-    out[:hh, :ww] = m[:hh, :ww]
-    return out
-
-
-def masks_from_label_map(label_map, void: int = 255) -> dict[int, np.ndarray]:
-    """A DAVIS-style index map -> {object id: bool mask}, background 0 and void 255 left out."""
-    lm = np.asarray(label_map)
-    return {int(i): lm == i for i in np.unique(lm) if i != 0 and i != void}
 
 
 def inference_size(hw: tuple[int, int], max_size: int | None) -> tuple[int, int]:
@@ -111,16 +89,32 @@ class FRTMTracker:
         self.frame_index = -1
 
     # -- the per-frame API ------------------------------------------------------------------------------------
+    def shrink(self, image) -> np.ndarray:
+        """A frame at the inference size (the longest side at most ``config.max_size``), as :meth:`step` uses it;
+        pass the result with ``frame_hw`` to step over frames shrunk once (e.g. cached for a second pass)."""
+        image = self._check_image(image)
+        hw = inference_size(image.shape[:2], self.config.max_size)
+        if hw == image.shape[:2]:
+            return image
+        return cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
+
     @torch.no_grad()
-    def step(self, image, new_masks: dict[int, object] | None = None) -> StepOutput:
-        """Process the next frame. ``image``: (H, W, 3) uint8 RGB. ``new_masks``: masks of objects that start (or
-        are re-annotated) on this frame, at the frame's size."""
+    def step(self, image, new_masks: dict[int, object] | None = None, *, frame_hw=None) -> StepOutput:
+        """Process the next frame. ``image``: (H, W, 3) uint8 RGB. ``new_masks``: masks of the objects annotated on
+        this frame, at the frame's size: an object not yet tracked starts there; a tracked one is re-anchored (its
+        D learns the mask as a protected sample) and its output there is the mask. ``frame_hw``: the frame's own
+        size when ``image`` was already shrunk by :meth:`shrink` (outputs come back at ``frame_hw``)."""
         image = self._check_image(image)
         index = self.frame_index + 1  # committed at the end: a step that raises leaves the tracker as it was
-        full_hw = image.shape[:2]
-        hw = inference_size(full_hw, self.config.max_size)
-        if hw != full_hw:
-            image = cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
+        if frame_hw is None:
+            full_hw = image.shape[:2]
+            image = self.shrink(image)
+        else:
+            full_hw = (int(frame_hw[0]), int(frame_hw[1]))
+            if inference_size(full_hw, self.config.max_size) != image.shape[:2]:
+                raise ValueError(f"a shrunk {image.shape[0]}x{image.shape[1]} frame does not match frame_hw {full_hw} "
+                                 f"at max_size {self.config.max_size}: pass tracker.shrink(frame)")
+        hw = image.shape[:2]
         prompts, full_prompts = self._prepare_prompts(new_masks or {}, full_hw, hw, index)
         if not self.objects and not prompts:
             raise ValueError("no object to track: give the masks of the objects to follow on the frame where each "
@@ -130,9 +124,11 @@ class FRTMTracker:
         coarse: dict[int, torch.Tensor] = {}
         projected: dict[int, torch.Tensor] = {}
         tracked = [i for i in self.objects if i not in prompts]
+        reanchored = [i for i in prompts if i in self.objects]
         target_feat = None
-        if tracked:
-            feats = self.backbone(self._to_tensor(image)[None], layers=self._layers)
+        if tracked or reanchored:
+            layers = self._layers if tracked else (self.backbone.target_layer,)
+            feats = self.backbone(self._to_tensor(image)[None], layers=layers)
             target_feat = feats[self.backbone.target_layer][0]
             for obj_id in tracked:
                 h, s = self.objects[obj_id].target_model.predict(target_feat)
@@ -140,33 +136,48 @@ class FRTMTracker:
                 probs[obj_id] = self._probability(s, feats, hw)
 
         for obj_id, mask in prompts.items():
-            self._start_object(obj_id, image, mask, target_feat, index)
+            if obj_id in self.objects:
+                self._reanchor(obj_id, image, mask, target_feat)
+            else:
+                self._start_object(obj_id, image, mask, target_feat, index)
             probs[obj_id] = torch.from_numpy(mask).to(self.device, torch.float32)
         if prompts and tracked:
             keep = 1.0 - torch.stack([probs[i] for i in prompts]).amax(dim=0)
             for obj_id in tracked:
                 probs[obj_id] = probs[obj_id] * keep
 
-        ids = sorted(probs)
-        stacked = torch.stack([probs[i] for i in ids])
         if tracked:
-            merged = soft_aggregate(stacked)
+            ids = sorted(probs)
+            merged = soft_aggregate(torch.stack([probs[i] for i in ids]))
             for row, obj_id in enumerate(ids):
                 if obj_id in projected:
                     self.objects[obj_id].target_model.update(projected[obj_id], merged[row + 1])
 
-        if hw != full_hw:
+        out = self.finish(probs, full_hw, full_prompts, coarse)
+        out.inference_probabilities = probs
+        self.frame_index = index
+        return out
+
+    def finish(self, probs: dict[int, torch.Tensor], full_hw, keyframe_masks: dict[int, np.ndarray] | None = None,
+               coarse: dict[int, torch.Tensor] | None = None) -> StepOutput:
+        """Per-object probabilities at the inference size -> the frame's output at ``full_hw``: upsampled, the
+        objects annotated on the frame given their masks exactly (and carved out of the others), merged."""
+        ids = sorted(probs)
+        if not ids:
+            return StepOutput(labels=torch.zeros(full_hw, dtype=torch.long, device=self.device), probabilities={},
+                              coarse_scores=coarse or {})
+        stacked = torch.stack([probs[i].to(self.device, torch.float32) for i in ids])
+        if tuple(stacked.shape[-2:]) != tuple(full_hw):
             stacked = F.interpolate(stacked[None], size=full_hw, mode="bilinear", align_corners=False)[0]
-            if full_prompts:  # an annotated frame keeps its annotation exactly, not a resampled copy
-                given = {i: torch.from_numpy(m).to(stacked) for i, m in full_prompts.items()}
-                keep = 1.0 - torch.stack(list(given.values())).amax(dim=0)
-                for row, obj_id in enumerate(ids):
-                    stacked[row] = given[obj_id] if obj_id in given else stacked[row] * keep
+        if keyframe_masks:  # an annotated frame keeps its annotation exactly, not a resampled copy
+            given = {i: torch.from_numpy(np.ascontiguousarray(m)).to(stacked) for i, m in keyframe_masks.items()}
+            keep = 1.0 - torch.stack(list(given.values())).amax(dim=0)
+            for row, obj_id in enumerate(ids):
+                stacked[row] = given[obj_id] if obj_id in given else stacked[row] * keep
         winner = merge_labels(stacked, self.config.merge)
         lut = torch.tensor([0] + ids, device=winner.device)
-        self.frame_index = index
         return StepOutput(labels=lut[winner], probabilities={i: stacked[r] for r, i in enumerate(ids)},
-                          coarse_scores=coarse)
+                          coarse_scores=coarse or {})
 
     # -- internals ----------------------------------------------------------------------------------------------
     def _check_image(self, image) -> np.ndarray:
@@ -181,21 +192,19 @@ class FRTMTracker:
         return torch.from_numpy(image).to(self.device).permute(2, 0, 1)
 
     def _prepare_prompts(self, new_masks, full_hw, hw, index) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
-        """Checked prompt masks at the inference size, and at the frame's size when the two differ."""
+        """Checked prompt masks at the inference size, and at the frame's size (always: the output there is exact)."""
         prompts, full = {}, {}
         for obj_id, mask in new_masks.items():
-            obj_id = int(obj_id)
-            if not 1 <= obj_id <= MAX_OBJECT_ID:
-                raise ValueError(f"object ids must be in 1..{MAX_OBJECT_ID} (0 is background, 255 void), got {obj_id}")
+            obj_id = check_object_id(obj_id)
             try:
                 m = fit_mask(mask, full_hw, obj_id)
             except ValueError as e:
                 raise ValueError(f"frame {index}: {e}") from None
             if not m.any():
                 raise ValueError(f"the mask of object {obj_id} on frame {index} is empty: "
-                                 "an object needs at least one foreground pixel where it starts")
+                                 "an object needs at least one foreground pixel where it is annotated")
+            full[obj_id] = m
             if hw != full_hw:
-                full[obj_id] = m
                 small = cv2.resize(m.astype(np.uint8), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST) > 0
                 if not small.any():  # a sliver that vanished when shrinking: keep its nearest pixel rather than fail
                     ys, xs = np.nonzero(m)
@@ -204,21 +213,29 @@ class FRTMTracker:
             prompts[obj_id] = m
         return prompts, full
 
-    def _start_object(self, obj_id: int, image: np.ndarray, mask: np.ndarray, frame_feature, index: int) -> None:
-        """Fit a new D on the frame and its augmented copies; ``frame_feature``: the frame's target-layer features
-        when already computed for the objects tracked on this frame (sample 0 is the frame itself)."""
-        cfg = self.config
-        images, labels = augment_first_frame(image, mask, num_aug=cfg.num_aug, seed=cfg.seed + obj_id)
+    def _keyframe_samples(self, obj_id: int, image: np.ndarray, mask: np.ndarray, frame_feature, num_aug: int):
+        """Target-layer features and labels of a keyframe and its augmented copies (sample 0: the frame itself,
+        whose features are reused when already computed)."""
+        images, labels = augment_first_frame(image, mask, num_aug=num_aug, seed=self.config.seed + obj_id)
         layer = self.backbone.target_layer
         first = 1 if frame_feature is not None else 0
         parts = [frame_feature[None]] if frame_feature is not None else []
         if len(images) > first:
             batch = torch.from_numpy(images[first:]).to(self.device).permute(0, 3, 1, 2)
             parts.append(self.backbone(batch, layers=(layer,))[layer])
-        feats = torch.cat(parts)
+        return torch.cat(parts), torch.from_numpy(labels).to(self.device)
+
+    def _reanchor(self, obj_id: int, image: np.ndarray, mask: np.ndarray, frame_feature) -> None:
+        feats, labels = self._keyframe_samples(obj_id, image, mask, frame_feature, self.config.reanchor_aug)
+        self.objects[obj_id].target_model.reanchor(feats, labels)
+
+    def _start_object(self, obj_id: int, image: np.ndarray, mask: np.ndarray, frame_feature, index: int) -> None:
+        """Fit a new D on the frame and its augmented copies (the released first-frame fit)."""
+        cfg = self.config
+        feats, labels = self._keyframe_samples(obj_id, image, mask, frame_feature, cfg.num_aug)
         generator = torch.Generator().manual_seed(cfg.seed + obj_id)
         model = TargetModel(feats.shape[1], cfg.solver, generator=generator, device=self.device)
-        model.initialize(feats, torch.from_numpy(labels).to(self.device))
+        model.initialize(feats, labels)
         self.objects[obj_id] = _Object(model, index)
 
     def _probability(self, scores: torch.Tensor, feats: dict, hw) -> torch.Tensor:

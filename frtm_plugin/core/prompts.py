@@ -1,0 +1,110 @@
+"""Prompts and object ids: the rules every entry point (SDK, operator, command line, training validation) shares.
+
+A prompt set is a ``Keyframes`` mapping: frame index (0-based) -> {object id: bool mask at the frame's size}.
+Every (object, frame) in it is a keyframe: the output there is the mask, exactly. Object ids are 1..254 (0 is the
+background, 255 the void of DAVIS label maps). A mask may be off by one pixel in each dimension (a rounding artefact
+of some annotation tools): it is padded or cropped; anything more is an error.
+
+The benchmark protocol (DAVIS, YouTube-VOS) reads only each object's first appearance: :func:`first_appearances`.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from .defaults import MAX_OBJECT_ID, VOID
+
+Keyframes = dict[int, dict[int, np.ndarray]]
+
+
+def check_object_id(obj_id) -> int:
+    i = int(obj_id)
+    if i != obj_id or not 1 <= i <= MAX_OBJECT_ID:
+        raise ValueError(f"object ids must be integers in 1..{MAX_OBJECT_ID} (0 is background, {VOID} void), "
+                         f"got {obj_id!r}")
+    return i
+
+
+def fit_mask(mask, frame_hw: tuple[int, int], obj_id) -> np.ndarray:
+    """A prompt mask as a bool (H, W) array of the frame's size; a one-pixel difference is padded with background
+    or cropped, anything more is an error. Floats are thresholded at 0.5, integers at 0."""
+    if hasattr(mask, "detach"):  # a torch tensor, without importing torch here
+        mask = mask.detach().cpu().numpy()
+    m = np.asarray(mask)
+    if m.ndim == 3 and m.shape[-1] == 1:
+        m = m[..., 0]
+    if m.ndim != 2:
+        raise ValueError(f"the mask of object {obj_id} must be 2-D (H, W), got shape {m.shape}")
+    h, w = frame_hw
+    if abs(m.shape[0] - h) > 1 or abs(m.shape[1] - w) > 1:
+        raise ValueError(f"the mask of object {obj_id} is {m.shape[0]}x{m.shape[1]} (HxW) but the frame is {h}x{w}; "
+                         "masks must match the frame size (a one-pixel difference is padded)")
+    m = m > (0.5 if m.dtype.kind == "f" else 0)
+    out = np.zeros((h, w), dtype=bool)
+    hh, ww = min(h, m.shape[0]), min(w, m.shape[1])
+    out[:hh, :ww] = m[:hh, :ww]
+    return out
+
+
+def masks_from_label_map(label_map, void: int = VOID) -> dict[int, np.ndarray]:
+    """A DAVIS-style index map -> {object id: bool mask}, background 0 and void 255 left out."""
+    lm = np.asarray(label_map)
+    if lm.ndim != 2:
+        raise ValueError(f"a label map must be 2-D object ids (H, W), got shape {lm.shape}")
+    return {int(i): lm == i for i in np.unique(lm) if i != 0 and i != void}
+
+
+def keyframes_from_label_maps(label_maps: Mapping[int, np.ndarray]) -> Keyframes:
+    """{frame index: label map} -> keyframes (frames whose map holds no object are left out)."""
+    out = {}
+    for index in sorted(label_maps):
+        masks = masks_from_label_map(label_maps[index])
+        if masks:
+            out[int(index)] = masks
+    return out
+
+
+def first_appearances(keyframes: Keyframes) -> Keyframes:
+    """The benchmark protocol: each object's mask on the first frame where it appears; later ones dropped."""
+    seen: set[int] = set()
+    out = {}
+    for index in sorted(keyframes):
+        new = {i: m for i, m in keyframes[index].items() if i not in seen}
+        if new:
+            out[index] = new
+            seen |= set(new)
+    return out
+
+
+def object_keyframes(keyframes: Keyframes) -> dict[int, list[int]]:
+    """Object id -> the sorted frame indices where it is annotated."""
+    out: dict[int, list[int]] = {}
+    for index in sorted(keyframes):
+        for obj_id in keyframes[index]:
+            out.setdefault(obj_id, []).append(index)
+    return out
+
+
+def check_keyframes(keyframes: Keyframes, frame_hw: tuple[int, int]) -> Keyframes:
+    """Every id valid and every mask fitted to the frame size and non-empty, before anything runs: a bad prompt
+    fails with the frame and object it concerns, not halfway through a video."""
+    out = {}
+    for index in sorted(keyframes):
+        if int(index) != index or index < 0:
+            raise ValueError(f"keyframe indices are 0-based frame numbers, got {index!r}")
+        frame = {}
+        for obj_id, mask in keyframes[index].items():
+            try:
+                obj = check_object_id(obj_id)
+                m = fit_mask(mask, frame_hw, obj)
+            except ValueError as e:
+                raise ValueError(f"frame {index}: {e}") from None
+            if not m.any():
+                raise ValueError(f"frame {index}: the mask of object {obj} is empty; an annotated object needs at "
+                                 "least one foreground pixel")
+            frame[obj] = m
+        if frame:
+            out[int(index)] = frame
+    return out
