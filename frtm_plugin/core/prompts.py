@@ -1,6 +1,7 @@
 """Prompts and object ids: the rules every entry point (SDK, operator, command line, training validation) shares.
 
-A prompt set is a ``Keyframes`` mapping: frame index (0-based) -> {object id: bool mask at the frame's size}.
+A prompt set is a ``Keyframes`` mapping: frame index (0-based) -> {object id: bool mask at the frame's size, or a
+:class:`~.box_prompt.BoxPrompt` that the video loop turns into a mask on that frame}.
 Every (object, frame) in it is a keyframe: the output there is the mask, exactly. Object ids are 1..254 (0 is the
 background, 255 the void of DAVIS label maps). A mask may be off by one pixel in each dimension (a rounding artefact
 of some annotation tools): it is padded or cropped; anything more is an error.
@@ -14,6 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
+from .box_prompt import BoxPrompt
 from .defaults import MAX_OBJECT_ID, VOID
 
 Keyframes = dict[int, dict[int, np.ndarray]]
@@ -96,6 +98,13 @@ def check_keyframes(keyframes: Keyframes, frame_hw: tuple[int, int]) -> Keyframe
             raise ValueError(f"keyframe indices are 0-based frame numbers, got {index!r}")
         frame = {}
         for obj_id, mask in keyframes[index].items():
+            if isinstance(mask, BoxPrompt):
+                obj = check_object_id(obj_id)
+                if mask.clipped(frame_hw).is_empty():
+                    raise ValueError(f"frame {index}: the box of object {obj} ({mask}) lies outside the "
+                                     f"{frame_hw[1]}x{frame_hw[0]} frame")
+                frame[obj] = mask.clipped(frame_hw)
+                continue
             try:
                 obj = check_object_id(obj_id)
                 m = fit_mask(mask, frame_hw, obj)

@@ -4,8 +4,9 @@
         out.index, out.labels, out.probabilities, out.coarse_scores
 
 ``frames`` is any iterable of (H, W, 3) uint8 RGB frames in display order (a decoder, a folder reader); it is read
-once, front to back. ``keyframes`` maps frame index -> {object id: mask} (see :mod:`.prompts`): every annotated
-(object, frame) is a keyframe, and the output there is the annotation, exactly.
+once, front to back. ``keyframes`` maps frame index -> {object id: mask or box} (see :mod:`.prompts`): every
+annotated (object, frame) is a keyframe, and the output there is the annotation, exactly (a box becomes a mask on
+its frame first, :mod:`.box_prompt`).
 
 ``direction="forward"``: each object starts at its first keyframe; a later keyframe re-anchors it (its target model
 learns the mask as a protected sample), so the frames after a correction follow it. Frames before an object's first
@@ -30,6 +31,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from .box_prompt import BoxPrompt, box_to_mask
 from .prompts import Keyframes, check_keyframes, object_keyframes
 
 DIRECTIONS = ("forward", "both")
@@ -89,10 +91,20 @@ def propagate_in_video(tracker, frames: Iterable[np.ndarray], keyframes: Keyfram
             yield from _both(tracker, all_frames(), keyframes, combine, Path(tmp))
 
 
+def _masks_from_boxes(keyframes: Keyframes, index: int, frame: np.ndarray, seed: int) -> None:
+    """Replace the boxes annotated on this frame by masks, in place (a later pass then reuses the same masks)."""
+    given = keyframes.get(index)
+    if given:
+        for obj, m in given.items():
+            if isinstance(m, BoxPrompt):
+                given[obj] = box_to_mask(frame, m, seed=seed + obj)
+
+
 def _forward_only(tracker, frames, keyframes: Keyframes) -> Iterator[FrameOutput]:
     last = max(keyframes)
     index = -1
     for index, frame in enumerate(frames):
+        _masks_from_boxes(keyframes, index, frame, tracker.config.seed)
         given = keyframes.get(index)
         if not tracker.objects and not given:
             yield _empty(index, frame.shape[:2])
@@ -135,6 +147,7 @@ def _both(tracker, frames, keyframes: Keyframes, combine: str, tmp: Path) -> Ite
     index = -1
     for index, frame in enumerate(frames):
         full_hw = frame.shape[:2]
+        _masks_from_boxes(keyframes, index, frame, tracker.config.seed)
         small = tracker.shrink(frame)
         if index <= last_kf:
             cached[index] = small

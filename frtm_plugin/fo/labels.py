@@ -2,17 +2,20 @@
 
 Only conversions live here; the tracker knows nothing of FiftyOne, and these functions know nothing of tracking.
 Object identity: in a ``Segmentation`` the pixel value is the object id (0 background, 255 void); in
-``Detections`` an object is identified by ``index`` when set, else by its position (1-based) in the list.
+``Detections`` / ``Polylines`` an object is identified by its ``instance`` (what the App sets), else ``index``, else
+its position (1-based) in the list (see :func:`read_prompts`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 
 import fiftyone as fo
 
 VOID = 255
-PROMPT_TYPES = (fo.Segmentation, fo.Detections)
+PROMPT_TYPES = (fo.Segmentation, fo.Detections, fo.Polylines)
 
 
 def frame_field_name(field: str) -> str:
@@ -29,58 +32,171 @@ def frame_field_type(samples, field: str):
     return getattr(f, "document_type", type(f))
 
 
+def _relative_box_pixels(box, frame_hw) -> tuple[int, int, int, int]:
+    h, w = frame_hw
+    x, y, bw, bh = box
+    return int(round(x * w)), int(round(y * h)), int(round((x + bw) * w)), int(round((y + bh) * h))
+
+
 def detection_to_mask(det: fo.Detection, frame_hw: tuple[int, int]) -> np.ndarray:
-    """A detection's instance mask pasted into a full-frame bool mask (its box in relative coordinates)."""
+    """A detection's instance mask pasted into a full-frame bool mask. The mask may be stored at any size (the App
+    stores brush masks at screen resolution): it is resampled to the box's pixel size."""
     h, w = frame_hw
     mask = det.get_mask() if hasattr(det, "get_mask") else det.mask
     if mask is None:
-        raise ValueError(f"detection {det.label!r} (id {det.id}) has no instance mask: prompts need masks, not boxes")
-    x, y, bw, bh = det.bounding_box
-    x0, y0 = int(round(x * w)), int(round(y * h))
-    x1, y1 = int(round((x + bw) * w)), int(round((y + bh) * h))
-    mask = np.asarray(mask).astype(bool)
-    if mask.shape != (y1 - y0, x1 - x0) and y1 > y0 and x1 > x0:  # a mask not at the box's pixel size: resample
+        raise ValueError(f"detection {det.label!r} (id {det.id}) has no instance mask")
+    x0, y0, x1, y1 = _relative_box_pixels(det.bounding_box, frame_hw)
+    mask = np.asarray(mask)
+    mask = mask[..., 0] if mask.ndim == 3 else mask
+    mask = mask.astype(bool)
+    full = np.zeros((h, w), bool)
+    if x1 <= x0 or y1 <= y0:
+        return full
+    if mask.shape != (y1 - y0, x1 - x0):
         import cv2
 
         mask = cv2.resize(mask.astype(np.uint8), (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST) > 0
-    full = np.zeros((h, w), bool)
     ys, xs = slice(max(y0, 0), min(y1, h)), slice(max(x0, 0), min(x1, w))
     full[ys, xs] = mask[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0]
     return full
 
 
-def prompt_masks(label, frame_hw: tuple[int, int]) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """One frame's prompt -> ({object id: mask}, {object id: class label}). Segmentation masks are returned at
-    their stored size (the tracker checks it against the frame)."""
-    if isinstance(label, fo.Segmentation):
-        labels = label.get_mask()
-        if labels is None:
-            return {}, {}
-        labels = np.asarray(labels)
-        if labels.ndim == 3:  # RGB masks are not object-id maps
-            raise ValueError("prompt Segmentation masks must be 2-D maps of object ids, not RGB")
-        ids = [int(i) for i in np.unique(labels) if i != 0 and i != VOID]
-        return {i: labels == i for i in ids}, {}
+def polyline_to_mask(poly: fo.Polyline, frame_hw: tuple[int, int]) -> np.ndarray:
+    """A closed or filled polyline (relative coordinates, one or more shapes) rasterised to a bool mask."""
+    import cv2
+
+    if not (poly.closed or poly.filled):
+        raise ValueError(f"polyline {poly.label!r} (id {poly.id}) is open: only closed or filled polylines outline "
+                         "an object")
+    h, w = frame_hw
+    out = np.zeros((h, w), np.uint8)
+    shapes = [np.round(np.asarray(pts, np.float64) * [w, h]).astype(np.int32) for pts in poly.points if len(pts) >= 3]
+    if shapes:
+        cv2.fillPoly(out, shapes, 1)
+    return out > 0
+
+
+def is_placeholder(item) -> bool:
+    """A label the App copied from a keyframe onto a later frame (``keyframe=False``): not a prompt."""
+    return item.has_field("keyframe") and item["keyframe"] is False
+
+
+def _items(label):
     if isinstance(label, fo.Detections):
-        masks, names = {}, {}
-        for pos, det in enumerate(label.detections, start=1):
-            obj_id = int(det.index) if det.index is not None else pos
-            if obj_id in masks:
-                raise ValueError(f"two prompt detections share object id {obj_id}: set distinct `index` values")
-            masks[obj_id] = detection_to_mask(det, frame_hw)
-            if det.label:
-                names[obj_id] = det.label
-        return masks, names
-    raise ValueError(f"prompt labels must be Segmentation or Detections with masks, got {type(label).__name__}")
+        return label.detections
+    if isinstance(label, fo.Polylines):
+        return label.polylines
+    return [label]
+
+
+@dataclass
+class PromptSet:
+    """A video's prompts: keyframes (frame index -> {object id: mask or box}), class labels and FiftyOne instances
+    per object id."""
+
+    keyframes: dict = field(default_factory=dict)
+    names: dict = field(default_factory=dict)
+    instances: dict = field(default_factory=dict)
+
+    @property
+    def num_keyframes(self) -> int:
+        return sum(len(v) for v in self.keyframes.values())
+
+
+def read_prompts(frames, prompt_field: str, frame_hw: tuple[int, int]) -> PromptSet:
+    """Every prompt label of a video's ``(frame_number, frame)`` pairs as keyframes.
+
+    - ``Segmentation``: object ids are the pixel values (0 background, 255 void).
+    - ``Detections`` / ``Polylines``: labels with ``keyframe=False`` (the App's copies) are skipped; an object is
+      identified by its ``instance`` when set (the App sets one per drawn object), else by ``index``, else by its
+      position in the list. Instances get their ``index`` as object id when one of their labels has it, else the
+      smallest free id in order of appearance. A detection's mask may be of any size (pasted into its box); a
+      detection without a mask is a box prompt (turned into a mask on its frame); polylines must be closed or filled.
+    """
+    from ..core.box_prompt import BoxPrompt
+    from ..core.prompts import check_object_id, masks_from_label_map
+
+    entries = []  # (frame index, key, item, explicit id)
+    out = PromptSet()
+    for frame_number, frame in frames:
+        label = frame[prompt_field] if frame.has_field(prompt_field) else None
+        if label is None:
+            continue
+        index = frame_number - 1
+        if isinstance(label, fo.Segmentation):
+            labels = label.get_mask()
+            if labels is None:
+                continue
+            labels = np.asarray(labels)
+            if labels.ndim == 3:
+                raise ValueError(f"frame {frame_number}: prompt Segmentation masks must be 2-D maps of object ids, "
+                                 "not RGB")
+            masks = masks_from_label_map(labels)
+            if masks:
+                out.keyframes.setdefault(index, {}).update(masks)
+            continue
+        if not isinstance(label, (fo.Detections, fo.Polylines)):
+            raise ValueError(f"prompt labels must be Segmentation, Detections or Polylines, got "
+                             f"{type(label).__name__}")
+        for pos, item in enumerate(_items(label), start=1):
+            if is_placeholder(item):
+                continue
+            explicit = int(item.index) if item.index is not None else None
+            key = ("instance", item.instance_id) if item.instance_id is not None else \
+                ("index", explicit) if explicit is not None else ("position", pos)
+            entries.append((index, key, item, explicit))
+
+    ids: dict = {}  # key -> object id
+    taken = set(i for frame in out.keyframes.values() for i in frame)
+    for _, key, _, explicit in entries:  # explicit ids first
+        if explicit is not None and key not in ids:
+            ids[key] = check_object_id(explicit)
+            taken.add(ids[key])
+    for _, key, _, _ in entries:  # then the rest, in order of appearance
+        if key in ids:
+            continue
+        preferred = key[1] if key[0] == "position" else None
+        obj = preferred if preferred is not None and preferred not in taken else \
+            next(i for i in range(1, 255) if i not in taken)
+        ids[key] = check_object_id(obj)
+        taken.add(obj)
+    for index, key, item, _ in entries:
+        obj = ids[key]
+        frame = out.keyframes.setdefault(index, {})
+        if obj in frame:
+            raise ValueError(f"frame {index + 1}: two prompt labels are object {obj}; give each object its own "
+                             "`instance` or `index`")
+        if isinstance(item, fo.Polyline):
+            frame[obj] = polyline_to_mask(item, frame_hw)
+        elif (item.get_mask() if hasattr(item, "get_mask") else item.mask) is None:
+            frame[obj] = BoxPrompt.from_relative(item.bounding_box, frame_hw)
+        else:
+            frame[obj] = detection_to_mask(item, frame_hw)
+        if item.label:
+            out.names.setdefault(obj, item.label)
+        if item.instance_id is not None:
+            out.instances.setdefault(obj, item.instance)
+    out.keyframes = {i: f for i, f in out.keyframes.items() if f}
+    return out
 
 
 def to_segmentation(labels: np.ndarray) -> fo.Segmentation:
     return fo.Segmentation(mask=np.ascontiguousarray(labels.astype(np.uint8)))
 
 
-def to_detections(labels: np.ndarray, probabilities: dict[int, np.ndarray], names: dict[int, str]) -> fo.Detections:
+def instance_for(sample_id: str, obj_id: int) -> fo.Instance:
+    """The instance an output object gets when its prompt had none: derived from the video and the object id, so
+    every frame, every re-run and every shard gives the object the same one."""
+    import hashlib
+
+    return fo.Instance(id=hashlib.sha1(f"frtm:{sample_id}:{obj_id}".encode()).hexdigest()[:24])
+
+
+def to_detections(labels: np.ndarray, probabilities: dict[int, np.ndarray], names: dict[int, str],
+                  instances: dict[int, fo.Instance] | None = None) -> fo.Detections:
     """One detection per object present in ``labels``: tight box, cropped mask, ``index`` = object id,
-    ``confidence`` = mean foreground probability over the object's pixels."""
+    ``confidence`` = mean foreground probability over the object's pixels, ``instance`` (one per object across the
+    video, so the App edits the object as one track)."""
     h, w = labels.shape
     dets = []
     for obj_id in sorted(probabilities):
@@ -89,13 +205,16 @@ def to_detections(labels: np.ndarray, probabilities: dict[int, np.ndarray], name
             continue
         rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
         y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        dets.append(fo.Detection(
+        det = fo.Detection(
             label=names.get(obj_id, "object"),
             bounding_box=[x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h],
             mask=m[y0:y1, x0:x1].copy(),
             index=int(obj_id),
             confidence=float(probabilities[obj_id][m].mean()),
-        ))
+        )
+        if instances and obj_id in instances:
+            det.instance = fo.Instance(id=instances[obj_id].id)
+        dets.append(det)
     return fo.Detections(detections=dets)
 
 
@@ -137,16 +256,18 @@ def prompt_digest(frames, prompt_field: str) -> str:
         h.update(f"#{frame_number}:{type(label).__name__}".encode())
         items = label.detections if isinstance(label, fo.Detections) else \
             label.polylines if isinstance(label, fo.Polylines) else [label]
-        for item in items:
-            h.update(b"{")
-            for key in ("label", "bounding_box", "index", "points", "closed", "filled", "keyframe"):
+        for pos, item in enumerate(items):
+            if is_placeholder(item):
+                continue  # the App's copies of a keyframe: not prompts, and re-interpolated as the user edits
+            h.update(f"{{{pos}".encode())
+            for key in ("label", "bounding_box", "index", "points", "closed", "filled"):
                 if item.has_field(key):
                     h.update(key.encode())
                     _digest_value(h, item[key])
-            instance = item["instance"] if item.has_field("instance") else None
+            instance = getattr(item, "instance_id", None)
             if instance is not None:
                 h.update(b"instance")
-                _digest_value(h, getattr(instance, "id", instance))
+                _digest_value(h, str(instance))
             mask = item.get_mask() if hasattr(item, "get_mask") else None
             if mask is not None:
                 h.update(b"mask")

@@ -25,8 +25,8 @@ import fiftyone as fo
 from .. import __version__
 from ..core.target_model import SolverConfig
 from ..core.tracker import DEFAULT_MAX_SIZE, TrackerConfig
-from .labels import (PROMPT_TYPES, frame_field_name, frame_field_type, prompt_digest, prompt_masks, to_detections,
-                        to_heatmap, to_segmentation)
+from .labels import (PROMPT_TYPES, frame_field_name, frame_field_type, instance_for, prompt_digest, read_prompts,
+                     to_detections, to_heatmap, to_segmentation)
 from .runs import (FieldLock, FieldLockLostError, check_not_foreign, check_not_prompt_or_ground_truth, done_key,
                       output_fields, redo_reason, run_key)
 from ..io.video import TruncatedVideoError, VideoReadError, iter_video_frames
@@ -42,6 +42,7 @@ class PropagationReport:
     skipped: dict[str, str] = field(default_factory=dict)  # sample id -> why it was not (re)computed
     failed: dict[str, str] = field(default_factory=dict)  # sample id -> the error that stopped it (not marked done)
     reasons: dict[str, str] = field(default_factory=dict)  # sample id -> why it was (re)computed
+    keyframes: dict[str, int] = field(default_factory=dict)  # sample id -> (object, frame) keyframes it used
     frames: int = 0
     seconds: float = 0.0
 
@@ -118,76 +119,66 @@ def config_hash(config: dict) -> str:
     return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _read_prompts(sample, prompt_field: str, frame_hw) -> tuple[dict[int, dict[int, np.ndarray]], dict[int, str]]:
-    """Frame index (0-based) -> {object id: mask} for objects that START there (first appearance wins)."""
-    prompts, names, seen = {}, {}, set()
-    for frame_number, frame in sample.frames.items():
-        label = frame[prompt_field] if frame.has_field(prompt_field) else None
-        if label is None:
-            continue
-        masks, frame_names = prompt_masks(label, frame_hw)
-        new = {i: m for i, m in masks.items() if i not in seen}
-        if new:
-            prompts[frame_number - 1] = new
-            seen |= set(new)
-            names.update({i: n for i, n in frame_names.items() if i in new})
-    return prompts, names
+@dataclass
+class _Job:
+    """What every video of one propagation run shares."""
+
+    tracker: object
+    dataset: object
+    prompt_field: str
+    out: dict
+    store_instances: bool
+    store_heatmaps: bool
+    chunk: int
+    lock: FieldLock
+    direction: str
+    combine: str
 
 
-def _propagate_one(tracker, dataset, sample, prompt_field, out, store_instances, store_heatmaps, key, chunk,
-                   on_frame, lock) -> int:
-    """Track one video and write its labels, then mark it done with ``key``; returns the number of frames.
-    Bad input (no prompt, a mask of the wrong size, an unreadable video) raises before anything is written; a video
-    that ends before its declared frame count raises after its frames are written, and is not marked done."""
+def _propagate_one(job: _Job, sample, key: str, on_frame) -> tuple[int, int]:
+    """Track one video through the core's video loop and write its labels, then mark it done with ``key``; returns
+    (frames written, keyframes used). Bad input (no prompt, a mask of the wrong size, an unreadable video) raises
+    before anything is written; a video that ends before its declared frame count raises after what could be
+    written was, and is not marked done."""
+    from ..core.video_loop import propagate_in_video
+
+    out, lock = job.out, job.lock
     marker = out["marker"]
     target = None
     expected = sample.metadata.total_frame_count if sample.metadata is not None else None
     # FiftyOne's count may be an estimate (duration x rate) where the container has no index: allow one frame
     frames = iter_video_frames(sample.filepath, expected_frames=expected - 1 if expected and expected > 1 else None)
+    n = 0
     try:
         first = next(frames)
-        prompts, names = _read_prompts(sample, prompt_field, first.shape[:2])
-        if not prompts:
-            raise ValueError(f"no prompt: no frame of 'frames.{prompt_field}' holds an object mask")
-        from ..core.tracker import fit_mask
-
-        for index, masks in prompts.items():  # size checks up front: a bad mask must not leave half a video
-            for obj_id, m in masks.items():
-                try:
-                    fit_mask(m, first.shape[:2], obj_id)
-                except ValueError as e:
-                    raise ValueError(f"frame {index + 1}: {e}") from None
-
-        target = dataset[sample.id]
-        target[marker] = None  # in progress: a resumed run redoes this video
-        target.save()
-        tracker.reset()
-        n = 0
-        pending = 0
+        prompts = read_prompts(sample.frames.items(), job.prompt_field, first.shape[:2])
+        if not prompts.keyframes:
+            raise ValueError(f"no prompt: no frame of 'frames.{job.prompt_field}' holds an object (a mask, a box or a "
+                             "filled polyline)")
+        instances = {obj: prompts.instances.get(obj) or instance_for(sample.id, obj)
+                     for frame in prompts.keyframes.values() for obj in frame}
 
         def all_frames():
             yield first
             yield from frames
 
-        for index, image in enumerate(all_frames()):
-            frame_number = index + 1
-            if not tracker.objects and index not in prompts:
-                labels = np.zeros(image.shape[:2], np.uint8)
-                probs, coarse = {}, {}
-            else:
-                res = tracker.step(image, prompts.get(index))
-                labels = res.labels.cpu().numpy().astype(np.uint8)
-                probs = {k: v.cpu().numpy() for k, v in res.probabilities.items()}
-                coarse = {k: v.cpu().numpy() for k, v in res.coarse_scores.items()}
-            fr = target.frames[frame_number]
-            fr[out["segmentation"]] = to_segmentation(labels)
-            if store_instances:
-                fr[out["instances"]] = to_detections(labels, probs, names)
-            if store_heatmaps:
-                fr[out["heatmap"]] = to_heatmap(coarse)
+        outputs = propagate_in_video(job.tracker, all_frames(), prompts.keyframes, direction=job.direction,
+                                     combine=job.combine, num_frames=expected if expected and expected > 0 else None)
+        pending = 0
+        for res in outputs:  # the first output comes only after every keyframe was checked against the frame
+            if target is None:
+                target = job.dataset[sample.id]
+                target[marker] = None  # in progress: a resumed run redoes this video
+                target.save()
+            fr = target.frames[res.index + 1]
+            fr[out["segmentation"]] = to_segmentation(res.labels)
+            if job.store_instances:
+                fr[out["instances"]] = to_detections(res.labels, res.probabilities, prompts.names, instances)
+            if job.store_heatmaps:
+                fr[out["heatmap"]] = to_heatmap(res.coarse_scores)
             n += 1
             pending += 1
-            if pending >= chunk:
+            if pending >= job.chunk:
                 lock.check()  # never write on after another run took the field over
                 target.save()  # one bulk write per chunk of frames
                 pending = 0
@@ -195,11 +186,11 @@ def _propagate_one(tracker, dataset, sample, prompt_field, out, store_instances,
         lock.check()
         target[marker] = key  # stored with the last chunk: the video is complete
         target.save()
-        return n
-    except TruncatedVideoError:
+        return n, prompts.num_keyframes
+    except TruncatedVideoError as e:
         if target is not None:
-            target.save()  # the frames that decoded are kept (and reported); the video stays not done
-        raise
+            target.save()  # the frames written so far are kept; the video stays not done
+        raise TruncatedVideoError(e.path, e.decoded, e.expected, labelled=n) from None
     finally:
         frames.close()
 
@@ -208,14 +199,22 @@ def propagate(samples, prompt_field: str, label_field: str, model: str = "defaul
               device: str | None = None, max_size: int | None = DEFAULT_MAX_SIZE, num_aug: int = 5,
               merge: str = "released", store_instances: bool = True, store_heatmaps: bool = False,
               overwrite: bool = False, force: bool = False, lock_wait: float = 0.0, seed: int = 0,
-              chunk_frames: int = 64, progress=True) -> PropagationReport:
-    """Propagate each video's prompt masks through the whole video and store the results as frame labels.
+              direction: str = "both", combine: str = "blend", chunk_frames: int = 64,
+              progress=True) -> PropagationReport:
+    """Propagate each video's prompts through the whole video and store the results as frame labels.
 
-    ``prompt_field``: a frame-level ``Segmentation`` (object ids as pixel values) or ``Detections`` with instance
-    masks; each object starts on the first frame where it appears. Writes ``frames.<label_field>``
-    (Segmentation of object ids), ``frames.<label_field>_instances`` (Detections: cropped mask, ``index`` = object
-    id, ``label`` from the prompt, ``confidence``) and optionally ``frames.<label_field>_scores`` (Heatmap of D's
-    coarse scores).
+    ``prompt_field``: a frame-level ``Segmentation`` (object ids as pixel values), ``Detections`` (masks of any
+    size in their boxes, or boxes alone) or ``Polylines`` (closed or filled), as the App draws them. Every annotated
+    (object, frame) is a keyframe: the output there is the annotation; a later keyframe re-anchors the object
+    (corrections); labels the App copied onto later frames (``keyframe=False``) are ignored; object identity is the
+    label's ``instance``, else ``index``, else its position. ``direction="both"`` (default) also fills the frames
+    before an object's first keyframe by propagating backwards and combines both directions between keyframes
+    (``combine``: ``"blend"`` or ``"nearest"``); ``"forward"`` only propagates forwards.
+
+    Writes ``frames.<label_field>`` (Segmentation of object ids), ``frames.<label_field>_instances`` (Detections:
+    cropped mask, ``index`` = object id, ``label`` from the prompt, ``confidence``, and one ``instance`` per object
+    across the video, the prompt's when it had one, so the App edits each object as a track) and optionally
+    ``frames.<label_field>_scores`` (Heatmap of D's coarse scores).
 
     - ``max_size``: the longest side at which to infer (masks are stored at the video's size); the default,
       ``DEFAULT_MAX_SIZE``, is the scale the segmentation network was trained at; ``None`` = full resolution.
@@ -241,9 +240,12 @@ def propagate(samples, prompt_field: str, label_field: str, model: str = "defaul
     _check_fields(samples, prompt_field, label_field, store_instances, store_heatmaps, force or busy)
     out = output_fields(label_field)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if direction not in ("forward", "both") or combine not in ("blend", "nearest"):
+        raise ValueError(f"direction must be 'forward' or 'both' and combine 'blend' or 'nearest', got "
+                         f"{direction!r} and {combine!r}")
     config = TrackerConfig(solver=SolverConfig(), num_aug=num_aug, merge=merge, max_size=max_size, seed=seed)
     tracker, info = build_tracker(model, backbone, device, config)
-    run_config = _run_config(info, config)
+    run_config = dict(_run_config(info, config), direction=direction, combine=combine)
     run_hash = config_hash(run_config)
     dataset = samples._dataset
 
@@ -254,15 +256,16 @@ def propagate(samples, prompt_field: str, label_field: str, model: str = "defaul
         _check_fields(samples, prompt_field, label_field, store_instances, store_heatmaps, force)
         _declare_fields(dataset, out, store_instances, store_heatmaps)
         samples.compute_metadata()  # frame counts: progress, and the check that a video decodes whole
-        report = _propagate_all(tracker, samples, dataset, prompt_field, label_field, out, run_config, run_hash,
-                                store_instances, store_heatmaps, overwrite, chunk_frames, progress, lock)
+        job = _Job(tracker, dataset, prompt_field, out, store_instances, store_heatmaps, chunk_frames, lock, direction,
+                   combine)
+        report = _propagate_all(job, samples, label_field, run_config, run_hash, overwrite, progress)
     finally:
         lock.release()
     return report
 
 
-def _propagate_all(tracker, samples, dataset, prompt_field, label_field, out, run_config, run_hash, store_instances,
-                   store_heatmaps, overwrite, chunk_frames, progress, lock) -> PropagationReport:
+def _propagate_all(job: _Job, samples, label_field, run_config, run_hash, overwrite, progress) -> PropagationReport:
+    dataset, out, lock, prompt_field = job.dataset, job.out, job.lock, job.prompt_field
     ids = samples.values("id")
     done = dict(zip(ids, samples.values(out["marker"])))
     total_frames = max(1, sum(n or 0 for n in samples.values("metadata.total_frame_count")))
@@ -290,11 +293,9 @@ def _propagate_all(tracker, samples, dataset, prompt_field, label_field, out, ru
                 continue
             t0 = time.perf_counter()
             try:
-                n = _propagate_one(tracker, dataset, sample, prompt_field, out, store_instances, store_heatmaps,
-                                   done_key(run_hash, digest), chunk_frames, on_frame, lock)
+                n, keyframes = _propagate_one(job, sample, done_key(run_hash, digest), on_frame)
             except TruncatedVideoError as e:
-                report.failed[sample.id] = (f"{e}; the {e.decoded} frames that decoded were labelled, the video is "
-                                            "not marked done")
+                report.failed[sample.id] = str(e)
                 log.warning("partial: %s", e)
                 continue
             except (ValueError, VideoReadError) as e:
@@ -304,6 +305,7 @@ def _propagate_all(tracker, samples, dataset, prompt_field, label_field, out, ru
                 continue
             report.processed.append(sample.id)
             report.reasons[sample.id] = why
+            report.keyframes[sample.id] = keyframes
             report.frames += n
             report.seconds += time.perf_counter() - t0
         status = "done"

@@ -21,10 +21,13 @@ class VideoReadError(RuntimeError):
 class TruncatedVideoError(VideoReadError):
     """A video that decoded fewer frames than its container (or the caller's metadata) says it holds."""
 
-    def __init__(self, path, decoded: int, expected: int):
-        self.path, self.decoded, self.expected = Path(path), decoded, expected
-        super().__init__(f"{path} ended after {decoded} of its {expected} frames: the file is truncated or damaged "
-                         "(an interrupted copy or download?); restore the whole file and run again")
+    def __init__(self, path, decoded: int, expected: int, labelled: int | None = None):
+        self.path, self.decoded, self.expected, self.labelled = Path(path), decoded, expected, labelled
+        msg = (f"{path} ended after {decoded} of its {expected} frames: the file is truncated or damaged (an "
+               "interrupted copy or download?); restore the whole file and run again")
+        if labelled is not None:
+            msg += f" ({labelled} frames were labelled; the video is not marked done)"
+        super().__init__(msg)
 
 
 def ffmpeg_message(e: BaseException) -> str:
