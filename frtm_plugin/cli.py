@@ -2,8 +2,9 @@
 
     track --davis ROOT [--sequences a,b] --out DIR [--model default|d-only|PATH] [--backbone ...] [--num-aug N]
           [--device cpu|cuda] [--max-size PX] [--save-probs]
-    track --frames DIR --annotations DIR --out DIR ...          one sequence folder pair
-    track --video FILE --mask PNG [--mask-frame N] --out DIR ...  a video and the mask of its first annotated frame
+    track --frames DIR --annotations DIR --out DIR [--direction forward|both]   every annotation PNG a keyframe
+    track --video FILE --annotations DIR --out DIR [--direction ...]          PNGs named by 0-based frame index
+    track --video FILE --mask PNG [--mask-frame N] --out DIR ...               one annotated frame
     evaluate --davis ROOT --results DIR [--sequences a,b]
     demo [--name frtm-demo]      FiftyOne: import the shipped clip, propagate with the plugin's operator, score it
 
@@ -16,7 +17,9 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -34,12 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="frtm-vos", description="FRTM video object segmentation")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("track", help="propagate first-frame masks through videos")
+    t = sub.add_parser("track", help="propagate annotated masks through videos")
     src = t.add_mutually_exclusive_group(required=True)
     src.add_argument("--davis", type=Path, help="DAVIS-style root: JPEGImages/[480p/]<seq>, Annotations/[480p/]<seq>")
     src.add_argument("--frames", type=Path, help="a folder of frames (use with --annotations)")
-    src.add_argument("--video", type=Path, help="a video file (use with --mask)")
-    t.add_argument("--annotations", type=Path, help="the annotation PNG folder for --frames")
+    src.add_argument("--video", type=Path, help="a video file (use with --annotations or --mask)")
+    t.add_argument("--annotations", type=Path,
+                   help="the annotation PNGs (object ids as pixel values): every one is a keyframe; for --frames named "
+                        "as the frames, for --video by 0-based frame index")
+    t.add_argument("--direction", choices=["forward", "both"],
+                   help="both (default for --frames/--video): also propagate backwards from each object's keyframes "
+                        "and combine the two between keyframes; forward (default for --davis, the benchmark "
+                        "protocol: first appearance only)")
     t.add_argument("--mask", type=Path, help="label PNG (object ids, or 0/255 for one object) for --video")
     t.add_argument("--mask-frame", type=int, default=0, help="frame index that --mask annotates (default 0)")
     t.add_argument("--sequences", help="comma-separated sequence names (default: all)")
@@ -71,89 +80,119 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class _VideoSequence:
-    """A video file with one annotated frame, shaped like io.davis.SequenceFolder for the track loop."""
+@dataclass
+class TrackJob:
+    """One sequence to track: where its frames come from, its keyframes (frame index -> label map), how to run it."""
 
-    def __init__(self, video: Path, mask: Path, mask_frame: int):
-        from .io.labels import read_label_png
-        from .io.video import iter_video_frames, video_info
+    name: str
+    frames: Callable[[], Iterator[np.ndarray]]  # a fresh iterator over the frames, in order
+    frame_names: Callable[[int], str]  # output file stem of frame i
+    num_frames: int
+    frame_hw: tuple[int, int]
+    label_maps: dict[int, np.ndarray]
+    direction: str
 
-        self.name = video.stem
-        self._iter = iter_video_frames
-        self.video = video
-        info = video_info(video)
-        self.num_frames, self.frame_hw = info["num_frames"], (info["height"], info["width"])
+    def keyframes(self):
+        from .core.prompts import keyframes_from_label_maps
+
+        return keyframes_from_label_maps(self.label_maps)
+
+
+def _folder_job(seq, direction: str, all_keyframes: bool) -> TrackJob:
+    """A DAVIS-style sequence folder: every annotation PNG a keyframe, or (the benchmark protocol) each object's
+    first appearance only."""
+    from .io.labels import read_label_png
+
+    if all_keyframes:
+        maps = {i: read_label_png(p) for i, p in sorted(seq.annotation_paths.items())}
+    else:
+        maps = seq.prompts()
+    return TrackJob(seq.name, lambda: (seq.read_frame(i) for i in range(len(seq))),
+                    lambda i: seq.frame_paths[i].stem, len(seq), seq.read_frame(0).shape[:2], maps, direction)
+
+
+def _video_job(video: Path, annotations: Path | None, mask: Path | None, mask_frame: int, direction: str) -> TrackJob:
+    """A video file with a mask PNG (``--mask``, on ``--mask-frame``) or a folder of PNGs named by 0-based frame
+    index (``--annotations``: ``12.png`` or ``00012.png`` annotates frame 12)."""
+    from .io.labels import read_label_png
+    from .io.video import iter_video_frames, video_info
+
+    info = video_info(video)
+    n = info["num_frames"]
+    if mask is not None:
         if not mask.is_file():
             raise FileNotFoundError(f"mask PNG not found: {mask}")
-        labels = read_label_png(mask)
-        if not (labels[(labels != 0) & (labels != 255)]).any():
-            raise ValueError(f"{mask} holds no object: the start frame needs a mask with at least one object id")
-        if not 0 <= mask_frame < self.num_frames:
-            raise ValueError(f"--mask-frame {mask_frame} is outside the video's {self.num_frames} frames")
-        self._prompts = {mask_frame: labels}
-
-    def __len__(self):
-        return self.num_frames
-
-    def prompts(self):
-        return self._prompts
-
-    def frames(self):
-        # the container's frame count is checked as frames are read: a truncated file raises after its last frame
-        for i, frame in enumerate(self._iter(self.video, expected_frames=self.num_frames)):
-            yield i, f"{i:05d}", frame
-
-
-def check_prompts(seq) -> None:
-    """Every prompt mask against the frame size, before a model is loaded or an output folder is made."""
-    from .core.tracker import fit_mask, masks_from_label_map
-
-    hw = getattr(seq, "frame_hw", None) or seq.read_frame(0).shape[:2]
-    for index, label_map in seq.prompts().items():
-        for obj_id, mask in masks_from_label_map(label_map).items():
-            try:
-                fit_mask(mask, hw, obj_id)
-            except ValueError as e:
-                raise ValueError(f"sequence {seq.name}, frame {index}: {e}") from None
+        if not 0 <= mask_frame < n:
+            raise ValueError(f"--mask-frame {mask_frame} is outside the video's {n} frames")
+        maps = {mask_frame: read_label_png(mask)}
+    else:
+        if not annotations.is_dir():
+            raise FileNotFoundError(f"annotation folder not found: {annotations}")
+        maps = {}
+        for p in sorted(annotations.glob("*.png")):
+            if not p.stem.isdigit():
+                raise ValueError(f"{p.name}: annotation PNGs for a video are named by 0-based frame index "
+                                 "(e.g. 00012.png)")
+            if int(p.stem) >= n:
+                raise ValueError(f"{p.name} annotates frame {int(p.stem)}, but the video has {n} frames")
+            maps[int(p.stem)] = read_label_png(p)
+    if not any(((m != 0) & (m != 255)).any() for m in maps.values()):
+        where = mask if mask is not None else annotations
+        raise ValueError(f"{where} holds no object: annotate at least one object (pixel values 1..254)")
+    # the container's frame count is checked as frames are read: a truncated file raises after its last frame
+    return TrackJob(video.stem, lambda: iter_video_frames(video, expected_frames=n), lambda i: f"{i:05d}", n,
+                    (info["height"], info["width"]), maps, direction)
 
 
-def _folder_frames(seq):
-    for i, path in enumerate(seq.frame_paths):
-        yield i, path.stem, seq.read_frame(i)
+def check_prompts(job: TrackJob) -> None:
+    """Every keyframe against the frame size, before a model is loaded or an output folder is made."""
+    from .core.prompts import check_keyframes
+
+    if not job.keyframes():
+        raise ValueError(f"sequence {job.name}: no annotation holds an object; annotate each object on at least "
+                         "one frame")
+    try:
+        check_keyframes(job.keyframes(), job.frame_hw)
+    except ValueError as e:
+        raise ValueError(f"sequence {job.name}, {e}") from None
 
 
-def track_sequence(tracker, seq, frames, out_dir: Path, save_probs: bool, progress: bool) -> dict:
-    """Run one sequence, writing a palette PNG per frame (and npz of probabilities). Returns timing stats."""
+def track_sequence(tracker, job: TrackJob, out_dir: Path, save_probs: bool, progress: bool) -> dict:
+    """Run one sequence through the core's video loop, writing a palette PNG per frame (and npz of
+    probabilities). Returns timing stats."""
     from tqdm import tqdm
 
-    from .core.tracker import masks_from_label_map
+    from .core.video_loop import propagate_in_video
     from .io.labels import write_label_png
+    from .io.video import TruncatedVideoError
 
-    prompts = seq.prompts()
-    if not prompts:
-        raise ValueError(f"sequence {seq.name}: no annotation holds an object; the first frame of each object needs "
-                         "its mask")
+    keyframes = job.keyframes()
     out_dir.mkdir(parents=True, exist_ok=True)
-    tracker.reset()
-    seconds, n, hw = 0.0, 0, None
-    for i, name, frame in tqdm(frames, total=len(seq), desc=seq.name, unit="frame", disable=not progress,
-                               leave=False):
-        hw = frame.shape[:2]
-        if not tracker.objects and i not in prompts:  # before the first object appears
-            write_label_png(out_dir / f"{name}.png", np.zeros(hw, np.uint8))
-            continue
-        t0 = time.perf_counter()
-        out = tracker.step(frame, masks_from_label_map(prompts[i]) if i in prompts else None)
-        if tracker.device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds += time.perf_counter() - t0
-        n += 1
-        write_label_png(out_dir / f"{name}.png", out.labels.cpu().numpy().astype(np.uint8))
-        if save_probs:
-            np.savez_compressed(out_dir / f"{name}.npz",
-                                **{str(k): v.cpu().numpy().astype(np.float32) for k, v in out.probabilities.items()})
-    return {"sequence": seq.name, "frames": n, "seconds": seconds, "height": hw[0], "width": hw[1],
-            "objects": len(tracker.objects)}
+    seconds, n, objects = 0.0, 0, set()
+    outputs = propagate_in_video(tracker, job.frames(), keyframes, direction=job.direction,
+                                 num_frames=job.num_frames)
+    bar = tqdm(total=job.num_frames, desc=job.name, unit="frame", disable=not progress, leave=False)
+    t0 = time.perf_counter()
+    try:
+        for res in outputs:
+            if tracker.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds += time.perf_counter() - t0
+            n += 1
+            objects |= set(res.probabilities)
+            name = job.frame_names(res.index)
+            write_label_png(out_dir / f"{name}.png", res.labels)
+            if save_probs:
+                np.savez_compressed(out_dir / f"{name}.npz",
+                                    **{str(k): v.astype(np.float32) for k, v in res.probabilities.items()})
+            bar.update(1)
+            t0 = time.perf_counter()
+    except TruncatedVideoError as e:
+        raise TruncatedVideoError(e.path, e.decoded, e.expected, labelled=n) from None
+    finally:
+        bar.close()
+    return {"sequence": job.name, "frames": n, "seconds": seconds, "height": job.frame_hw[0],
+            "width": job.frame_hw[1], "objects": len(objects), "keyframes": sum(len(v) for v in keyframes.values())}
 
 
 def cmd_track(args) -> int:
@@ -171,23 +210,21 @@ def cmd_track(args) -> int:
         raise SystemExit("error: --num-aug must be at least 1 (1 = the first frame alone, no augmentation)")
 
     # Resolve inputs first, so that bad input fails before any model is loaded.
-    if args.davis:
+    if args.davis:  # the benchmark protocol: each object's first appearance, forward
         names = _split(args.sequences) or davis.list_sequences(args.davis, args.resolution)
-        seqs = [davis.load_sequence(args.davis, n, args.resolution) for n in names]
-        jobs = [(s, _folder_frames(s)) for s in seqs]
+        jobs = [_folder_job(davis.load_sequence(args.davis, n, args.resolution), args.direction or "forward", False)
+                for n in names]
     elif args.frames:
         if not args.annotations:
             raise SystemExit("error: --frames needs --annotations (the folder of mask PNGs)")
-        s = davis.sequence_from_dirs(args.frames, args.annotations)
-        jobs = [(s, _folder_frames(s))]
+        jobs = [_folder_job(davis.sequence_from_dirs(args.frames, args.annotations), args.direction or "both", True)]
     else:
-        if not args.mask:
-            raise SystemExit("error: --video needs --mask (a PNG of the objects on its first frame)")
-        s = _VideoSequence(args.video, args.mask, args.mask_frame)
-        jobs = [(s, s.frames())]
+        if not args.mask and not args.annotations:
+            raise SystemExit("error: --video needs --annotations (PNGs named by frame index) or --mask (one PNG)")
+        jobs = [_video_job(args.video, args.annotations, args.mask, args.mask_frame, args.direction or "both")]
 
-    for seq, _ in jobs:
-        check_prompts(seq)
+    for job in jobs:
+        check_prompts(job)
 
     max_size = None if args.max_size == 0 else args.max_size
     config = TrackerConfig(solver=SolverConfig(), num_aug=args.num_aug, merge=args.merge, max_size=max_size,
@@ -196,16 +233,16 @@ def cmd_track(args) -> int:
     print(f"model: {info.describe()}")  # notes (e.g. "running D-only") were logged as warnings
 
     stats = []
-    for seq, frames in jobs:
+    for job in jobs:
         try:
-            st = track_sequence(tracker, seq, frames, args.out / seq.name, args.save_probs, not args.no_progress)
+            st = track_sequence(tracker, job, args.out / job.name, args.save_probs, not args.no_progress)
         except TruncatedVideoError as e:
-            print(f"error: {e}\n  the masks of the {e.decoded} frames that decoded are in {args.out / seq.name}",
-                  file=sys.stderr)
+            print(f"error: {e}\n  those masks are in {args.out / job.name}", file=sys.stderr)
             return 3
         fps = st["frames"] / st["seconds"] if st["seconds"] else float("nan")
         ih, iw = inference_size((st["height"], st["width"]), max_size)
-        print(f"{seq.name}: {st['frames']} frames, {st['objects']} object(s), {fps:.2f} FPS at {iw}x{ih}")
+        print(f"{job.name}: {st['frames']} frames, {st['objects']} object(s), {st['keyframes']} keyframe(s), "
+              f"{job.direction}, {fps:.2f} FPS at {iw}x{ih}")
         stats.append(st)
     total_frames = sum(s["frames"] for s in stats)
     total_s = sum(s["seconds"] for s in stats)
@@ -213,7 +250,7 @@ def cmd_track(args) -> int:
     dev = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"FPS: {total_frames / max(total_s, 1e-9):.2f} over {total_frames} frames "
           f"(backbone {info.backbone}, {'D+S' if info.segnet_path else 'D-only'}, device {dev}, threads {threads}; "
-          f"includes first-frame fitting, excludes decoding and writing)")
+          f"includes decoding and first-frame fitting, excludes writing)")
     print(f"results: {args.out}")
     return 0
 

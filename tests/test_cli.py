@@ -119,11 +119,13 @@ def test_truncated_video_is_an_error_not_a_short_video(tmp_path, capsys):
     write_label_png(mask, cv2.resize(read_label_png(seq.annotation_paths[0]), (320, 180),
                                      interpolation=cv2.INTER_NEAREST))
     out = tmp_path / "res"
-    assert main(["track", "--video", str(cut), "--mask", str(mask), "--out", str(out), *FAST]) == 3
+    args = ["--mask", str(mask), "--out", str(out), "--direction", "forward", *FAST]
+    assert main(["track", "--video", str(cut), *args]) == 3
     err = capsys.readouterr().err
     assert f"ended after {info.value.decoded} of its 30 frames" in err and "truncated" in err
+    assert f"({info.value.decoded} frames were labelled" in err  # forward: every decoded frame was written
     assert len(list((out / "cut").glob("*.png"))) == info.value.decoded
-    assert main(["track", "--video", str(whole), "--mask", str(mask), "--out", str(out), *FAST]) == 0
+    assert main(["track", "--video", str(whole), *args]) == 0
     assert len(list((out / "whole").glob("*.png"))) == 30
 
 
@@ -170,3 +172,47 @@ def test_released_checkpoint_resolves_backbone_weights(tmp_path, monkeypatch, ca
     out = capsys.readouterr().out
     assert "backbone resnet18" in out and "S from rn18_test.pth" in out and "D+S" in out
     assert len(list((tmp_path / "res" / "rollerblade").glob("*.png"))) == 35
+
+
+def test_video_with_keyframe_pngs_both_directions(tmp_path, capsys):
+    """--video FILE --annotations DIR: PNGs named by frame index are keyframes; a middle-frame annotation labels
+    every frame with --direction both (the default), and only the frames from it on with forward."""
+    seq = load_sequence(DEMO, "rollerblade")
+    frames = [seq.read_frame(i) for i in range(8)]
+    video = write_video(tmp_path / "clip.mp4", frames)
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    gt4 = read_label_png(seq.annotation_paths[4])
+    write_label_png(ann / "00004.png", gt4)
+    out = tmp_path / "res"
+    assert main(["track", "--video", str(video), "--annotations", str(ann), "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "1 keyframe(s), both" in printed
+    masks = [read_label_png(out / "clip" / f"{i:05d}.png") for i in range(8)]
+    assert np.array_equal(masks[4] == 1, gt4 == 1)  # the keyframe is the annotation
+    assert all((m == 1).any() for m in masks)  # every frame labelled, before the keyframe too
+    assert main(["track", "--video", str(video), "--annotations", str(ann), "--out", str(tmp_path / "fw"),
+                 "--direction", "forward", *FAST]) == 0
+    fw = [read_label_png(tmp_path / "fw" / "clip" / f"{i:05d}.png") for i in range(8)]
+    assert not any(m.any() for m in fw[:4]) and all((m == 1).any() for m in fw[4:])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    write_label_png(bad / "frame4.png", gt4)
+    assert main(["track", "--video", str(video), "--annotations", str(bad), "--out", str(tmp_path / "b"), *FAST]) == 2
+    assert "named by 0-based frame index" in capsys.readouterr().err
+    write_label_png(bad / "frame4.png", gt4)
+    (bad / "frame4.png").rename(bad / "00009.png")
+    assert main(["track", "--video", str(video), "--annotations", str(bad), "--out", str(tmp_path / "b"), *FAST]) == 2
+    assert "annotates frame 9, but the video has 8 frames" in capsys.readouterr().err
+
+
+def test_frames_folder_every_png_is_a_keyframe(judo_root, tmp_path, capsys):
+    """--frames/--annotations: the judo clip's sparse PNGs are all keyframes (objects 1..4 entering on frames 0, 5, 8,
+    13); the benchmark protocol (--davis) reads first appearances only."""
+    out = tmp_path / "res"
+    assert main(["track", "--frames", str(judo_root / "JPEGImages"), "--annotations", str(judo_root / "Annotations"),
+                 "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    pngs = sorted((out / "judo-sparse").glob("*.png"))
+    assert len(pngs) == 16
+    assert "4 object(s)" in printed and ", both," in printed

@@ -15,7 +15,9 @@ import numpy as np
 
 from ..core.backbone import Backbone, build_backbone
 from ..core.segnet import SegNetwork, load_segnet_checkpoint
-from ..core.tracker import FRTMTracker, TrackerConfig, masks_from_label_map
+from ..core.prompts import keyframes_from_label_maps
+from ..core.tracker import FRTMTracker, TrackerConfig
+from ..core.video_loop import propagate_in_video
 from ..io.davis import load_sequence
 from ..io.labels import read_label_png
 from ..metrics import SequenceResult, aggregate, evaluate_sequence
@@ -32,15 +34,10 @@ def track_sequence(tracker: FRTMTracker, root: str | os.PathLike, name: str, max
     if missing:
         raise ValueError(f"sequence {name!r}: frames {missing[:5]}... have no annotation; validation needs every "
                          "frame annotated (DAVIS layout)")
-    prompts = seq.prompts()
-    tracker.reset()
-    gt, pred = [], []
-    for i in range(n):
-        frame = seq.read_frame(i)
-        new = masks_from_label_map(prompts[i]) if i in prompts else None
-        out = tracker.step(frame, new)
-        pred.append(out.labels.cpu().numpy().astype(np.uint8))
-        gt.append(read_label_png(seq.annotation_paths[i]).astype(np.uint8))
+    keyframes = {i: m for i, m in keyframes_from_label_maps(seq.prompts()).items() if i < n}  # first appearances
+    outputs = propagate_in_video(tracker, (seq.read_frame(i) for i in range(n)), keyframes, num_frames=n)
+    pred = [out.labels for out in outputs]  # forward: in frame order
+    gt = [read_label_png(seq.annotation_paths[i]).astype(np.uint8) for i in range(n)]
     return np.stack(gt), np.stack(pred)
 
 
