@@ -26,17 +26,22 @@ def _frame_fields(ctx, types_wanted) -> list[str]:
 
 
 def _prompt_fields(ctx) -> list[str]:
-    """Frame fields that can hold prompts: Segmentation, or Detections whose detections carry masks."""
-    out = []
-    for name in _frame_fields(ctx, PROMPT_TYPES):
-        f = ctx.dataset.get_frame_field_schema()[name]
-        if f.document_type is fo.Detections:
-            has_mask = ctx.dataset.exists(f"frames.{name}.detections.mask").count() > 0 or \
-                ctx.dataset.exists(f"frames.{name}.detections.mask_path").count() > 0
-            if not has_mask:
-                continue
-        out.append(name)
-    return out
+    """Frame fields that can hold prompts: Segmentation, Detections (masks or boxes) and Polylines."""
+    return _frame_fields(ctx, PROMPT_TYPES)
+
+
+def _keyframes_found(ctx, name: str) -> str:
+    """What the form says about the chosen prompt field: how many keyframe labels, in how many videos."""
+    view = ctx.target_view()
+    kind = (ctx.dataset.get_frame_field_schema() or {})[name].document_type
+    if kind is fo.Segmentation:
+        n = view.count(f"frames.{name}")
+        return f"{n} annotated frame(s) in {len(view.exists(f'frames.{name}'))} video(s)"
+    items = "detections" if kind is fo.Detections else "polylines"
+    total = view.count(f"frames.{name}.{items}")
+    copies = view.count_values(f"frames.{name}.{items}.keyframe").get(False, 0)
+    return (f"{total - copies} keyframe label(s) in {len(view.exists(f'frames.{name}'))} video(s)"
+            + (f" ({copies} copies the App made between keyframes are ignored)" if copies else ""))
 
 
 def _progress_callback(ctx):
@@ -62,8 +67,8 @@ class PropagateOperator(foo.Operator):
         if not prompts:
             inputs.view("warning", types.Warning(
                 label="No frame-level mask field",
-                description="Prompts are frame-level Segmentation masks (object ids) or Detections with instance "
-                            "masks, on the frame where each object first appears."),
+                description="Prompts are frame-level Detections (boxes or masks, as the App draws them), "
+                            "Polylines or Segmentation masks (object ids) on one or more keyframes per object."),
                         invalid=True, error_message="no prompt field")
             return types.Property(inputs)
         choices = types.Dropdown()
@@ -72,15 +77,23 @@ class PropagateOperator(foo.Operator):
         default = next((p for p in prompts if "prompt" in p), prompts[0])
         # a string with a dropdown, not an enum: FiftyOne's "frames.name" and the bare "name" are both accepted
         inputs.str("prompt_field", default=f"frames.{default}", required=True, label="Prompt field",
-                   description="Masks on the frame where each object first appears", view=choices)
+                   description="Boxes, masks or polylines on keyframes (every annotated frame steers the result)",
+                   view=choices)
         inputs.str("label_field", default="frtm", required=True, label="Output field",
                    description="Writes frames.<field> (Segmentation), <field>_instances (Detections)")
-        chosen = ctx.params.get("prompt_field")
-        if chosen and frame_field_name(chosen) not in prompts:
+        chosen = ctx.params.get("prompt_field") or f"frames.{default}"
+        if frame_field_name(chosen) not in prompts:
             inputs.view("bad_prompt", types.Warning(
                 label=f"'{chosen}' is not a prompt field of this dataset",
                 description="Choose one of: " + ", ".join(f"frames.{p}" for p in prompts)), invalid=True,
                 error_message=f"'{chosen}' is not a prompt field")
+        else:
+            inputs.view("found", types.Notice(label=f"Keyframes: {_keyframes_found(ctx, frame_field_name(chosen))}"))
+        direction = types.RadioGroup()
+        direction.add_choice("both", label="Both directions",
+                             description="Also fill the frames before each object's first keyframe")
+        direction.add_choice("forward", label="Forward only")
+        inputs.enum("direction", direction.values(), default="both", label="Direction", view=direction)
         model = types.RadioGroup()
         for k, v in MODEL_CHOICES.items():
             model.add_choice(k, label=v)
@@ -116,18 +129,21 @@ class PropagateOperator(foo.Operator):
         max_size = None if max_size == 0 else (max_size or DEFAULT_MAX_SIZE)  # 0: full resolution; empty: default
         report = sdk.propagate(ctx.target_view(), p["prompt_field"], p.get("label_field", "frtm"), model=model,
                                max_size=max_size, store_heatmaps=bool(p.get("store_heatmaps")),
+                               direction=p.get("direction", "both"),
                                overwrite=bool(p.get("overwrite")), force=bool(p.get("force")),
                                progress=_progress_callback(ctx))
         if not ctx.delegated:
             ctx.trigger("reload_dataset")
         return {"processed": len(report.processed), "skipped": len(report.skipped), "failed": report.failed,
-                "frames": report.frames, "fps": round(report.fps, 2) if report.seconds else None}
+                "keyframes": sum(report.keyframes.values()), "frames": report.frames,
+                "fps": round(report.fps, 2) if report.seconds else None}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.int("processed", label="Videos propagated")
         outputs.int("skipped", label="Videos skipped (already done)")
         outputs.obj("failed", label="Videos that failed, and why")
+        outputs.int("keyframes", label="Keyframes used")
         outputs.int("frames", label="Frames")
         outputs.float("fps", label="FPS")
         return types.Property(outputs)
