@@ -8,6 +8,7 @@ including the first (D's initial fit), with ``torch.set_num_threads(threads)``. 
 
     python bench/backbones.py --variants mobilenet_v2:layer4_expand,efficientnet_lite0:layer4 \
         [--sequences bmx-bumps,dog-agility,motorbike,rollerblade,soccerball] [--results out.jsonl]
+    python bench/backbones.py --speed --variants ...   # interleaved timing only (FPS comparable across variants)
 
 A variant is ``backbone:tap[:option]`` with option ``imagenet`` (EfficientNet-Lite with ImageNet mean/std instead
 of the TF ``(x-127)/128``) or ``sigmoid<k>`` (D-only probability ``sigmoid(k * (s - 0.5))`` instead of
@@ -96,6 +97,39 @@ def run_variant(spec: str, root: Path, sequences, threads: int) -> dict:
             "torch": torch.__version__, "ops_backend": ops.backend("cpu")}
 
 
+def speed(specs, root: Path, sequence: str, frames: int, rounds: int, threads: int) -> str:
+    """Per-frame ``tracker.step`` time of each variant on the first ``frames`` frames of ``sequence`` (frame 0, the
+    initial fit, excluded from the average), the variants interleaved round by round (A B C A B C ...) so that a
+    shift in the machine's load hits all of them; the best round of each is reported."""
+    import torch
+
+    from frtm_plugin.core.tracker import FRTMTracker, TrackerConfig, masks_from_label_map
+    from frtm_plugin.io.davis import load_sequence
+
+    torch.set_num_threads(threads)
+    seq = load_sequence(root, sequence)
+    imgs = [seq.read_frame(i) for i in range(frames)]
+    first = masks_from_label_map(seq.prompts()[0])
+    trackers = {}
+    for spec in specs:
+        parts = spec.split(":")
+        trackers[spec] = FRTMTracker(build(parts[0], parts[1], None), None, TrackerConfig())
+    times = {spec: [] for spec in specs}
+    for _ in range(rounds):
+        for spec, tr in trackers.items():
+            tr.reset()
+            tr.step(imgs[0], first)
+            t0 = time.perf_counter()
+            for im in imgs[1:]:
+                tr.step(im)
+            times[spec].append((time.perf_counter() - t0) / (len(imgs) - 1))
+    lines = [f"| variant | ms/frame, best of {rounds} | FPS | all rounds (ms) |", "|---|---|---|---|"]
+    for spec, ts in times.items():
+        lines.append(f"| {spec} | {1e3 * min(ts):.0f} | {1 / min(ts):.2f} | "
+                     + ", ".join(f"{1e3 * t:.0f}" for t in ts) + " |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     seqs = list(rows[0]["per_sequence"])
     head = ("| variant | tap | ch | " + " | ".join(seqs) + " | mean J | mean F | **J&F** | FPS |")
@@ -116,7 +150,15 @@ def main(argv=None) -> None:
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--results", type=Path, default=None, help="JSON lines file to append to (and tabulate)")
+    p.add_argument("--speed", action="store_true", help="only time the variants, interleaved (see speed())")
+    p.add_argument("--speed-sequence", default="bmx-bumps")
+    p.add_argument("--speed-frames", type=int, default=16)
+    p.add_argument("--speed-rounds", type=int, default=3)
     args = p.parse_args(argv)
+    if args.speed:
+        print(speed([v for v in args.variants.split(",") if v], args.data, args.speed_sequence, args.speed_frames,
+                    args.speed_rounds, args.threads))
+        return
     seqs = [s for s in args.sequences.split(",") if s]
     rows = []
     for spec in [v for v in args.variants.split(",") if v]:
