@@ -284,6 +284,12 @@ def test_demo_builds_scores_and_keeps_the_dataset(capsys):
         assert 0.3 < out["evaluate"]["J&F"] <= 1
         assert "DAVIS J&F" in printed and "FPS" in printed and "app launch demo-test" in printed
         assert ds.first()["davis_JF"] == pytest.approx(out["evaluate"]["J&F"])
+        # Ready to annotate in the App: an App-style prompt field with its schema active, and outputs as tracks.
+        assert "frames.prompts" in ds.active_label_schemas
+        first = ds.first().frames[1]["prompts"].detections[0]
+        assert first["keyframe"] is True and first.instance_id is not None
+        instances = {d.instance_id for fr in ds.first().frames.values() for d in fr["frtm_instances"].detections}
+        assert instances == {first.instance_id}
     finally:
         ds.delete()
 

@@ -44,8 +44,10 @@ def run_demo(name: str = "frtm-demo", model: str = "default", max_size: int | No
     print(f"dataset '{name}': {len(ds)} video ({ds.count('frames')} frames) from {DEMO_CLIP} "
           "(see its ATTRIBUTION.md)")
 
+    add_app_prompts(ds)
+
     t0 = time.perf_counter()
-    params = {"prompt_field": "prompt", "label_field": "frtm", "model": model}
+    params = {"prompt_field": "frames.prompts", "label_field": "frtm", "model": model}
     if max_size is not None:
         params["max_size"] = max_size  # 0: full resolution
     result = foo.execute_operator("@frtm/frtm-vos/propagate", ctx={"dataset": ds, "params": params})
@@ -61,5 +63,36 @@ def run_demo(name: str = "frtm-demo", model: str = "default", max_size: int | No
     result.raise_exceptions()
     scores = result.result
     print(f"DAVIS J&F {scores['J&F']:.3f} (J {scores['J']:.3f}, F {scores['F']:.3f})")
-    print(f"\nOpen it in the App:\n  {Path(os.sys.executable).parent / 'fiftyone'} app launch {name}")
+    print(f"\nOpen it in the App:\n  {Path(os.sys.executable).parent / 'fiftyone'} app launch {name}\n"
+          "then open the video, Annotate, draw a box or paint a mask on any frame in 'prompts' (or correct the "
+          "skater on a frame), and run 'FRTM: propagate masks through videos' again.")
     return {"propagate": out, "evaluate": scores}
+
+
+def add_app_prompts(ds, field: str = "prompts", source: str = "prompt", label: str = "object") -> None:
+    """``frames.<field>``: the first annotated frame of ``source`` (a Segmentation) as the App stores a drawn mask
+    (one ``fo.Instance`` per object, ``keyframe=True``), with the App's annotation schema active, so the dataset
+    opens ready to draw more keyframes."""
+    import fiftyone as fo
+    import numpy as np
+
+    for sample in ds.iter_samples(autosave=True):
+        instances = {}
+        for frame_number, frame in sample.frames.items():
+            seg = frame[source] if frame.has_field(source) else None
+            if seg is None or seg.get_mask() is None:
+                continue
+            labels = seg.get_mask()
+            h, w = labels.shape
+            dets = []
+            for obj in (int(i) for i in np.unique(labels) if i not in (0, 255)):
+                m = labels == obj
+                rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+                y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+                inst = instances.setdefault(obj, fo.Instance())
+                dets.append(fo.Detection(label=label, bounding_box=[x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h],
+                                         mask=m[y0:y1, x0:x1], instance=inst, keyframe=True))
+            frame[field] = fo.Detections(detections=dets)
+    schema = ds.generate_label_schemas(f"frames.{field}")
+    ds.set_label_schemas({**ds.label_schemas, f"frames.{field}": schema})
+    ds.activate_label_schemas(f"frames.{field}")
