@@ -81,7 +81,9 @@ def main() -> None:
 
         base, s = _run(tracker, frames, {0: {1: gt[0]}})
         per = record("baseline", base, s, {0})
-        worst = int(np.nanargmin(per[1:-1])) + 1  # the frame a user would correct first
+        # the frame a user would correct first: the worst one where the object is visible (a correction is a mask)
+        visible = [i for i in range(1, n - 1) if gt[i].any()]
+        worst = min(visible, key=lambda i: per[i])
         row["corrected_frame"] = worst
         kf = {0: {1: gt[0]}, worst: {1: gt[worst]}}
         for key, direction, combine, aug in (("correction_forward", "forward", "blend", 1),

@@ -188,3 +188,34 @@ def test_a_correction_keyframe_reanchors_and_is_counted(clip):
         assert np.array_equal(after[4] == 1, gts[4])
     finally:
         ds.delete()
+
+
+def test_a_correction_made_on_the_output_in_the_app_is_a_keyframe_on_the_next_run(clip):
+    """The user edits an output label in the App (the App sets keyframe=True on what it edits): the next run takes
+    it as a keyframe of that object, keeps it, and redoes the video because of it; outputs it did not correct stay
+    keyframe=False."""
+    ds = _dataset("app-output-fix", clip)
+    try:
+        gts = clip[1]
+        inst = fo.Instance()
+        s = ds.first()
+        s.frames[1]["prompts"] = fo.Detections(detections=[_app_detection(gts[0], inst, screen_scale=1.0)])
+        s.save()
+        frtm_plugin.propagate(ds, "prompts", "out", progress=False, direction="forward", **FAST)
+        assert all(d["keyframe"] is False for fr in ds.first().frames.values()
+                   for d in fr["out_instances"].detections)
+        s = ds.first()  # the user replaces the object's mask on frame 6 with the true one, in the output field
+        box, (y0, y1, x0, x1) = _box(gts[5])
+        det = s.frames[6]["out_instances"].detections[0]
+        det.bounding_box, det.mask, det["keyframe"] = box, gts[5][y0:y1, x0:x1], True
+        s.save()
+        again = frtm_plugin.propagate(ds, "prompts", "out", progress=False, direction="forward", **FAST)
+        assert again.reasons[s.id] == "its prompts changed since it was propagated" and again.keyframes[s.id] == 2
+        fixed = ds.first().frames[6]
+        assert np.array_equal(fixed["out"].get_mask() == 1, gts[5])
+        kept = fixed["out_instances"].detections[0]
+        assert kept["keyframe"] is True and kept.instance_id == inst.id  # still a keyframe for the run after
+        third = frtm_plugin.propagate(ds, "prompts", "out", progress=False, direction="forward", **FAST)
+        assert third.processed == []  # nothing changed since: skipped
+    finally:
+        ds.delete()

@@ -97,14 +97,18 @@ class PromptSet:
     keyframes: dict = field(default_factory=dict)
     names: dict = field(default_factory=dict)
     instances: dict = field(default_factory=dict)
+    corrections: set = field(default_factory=set)  # (frame index, object id) keyframes edited in the output field
 
     @property
     def num_keyframes(self) -> int:
         return sum(len(v) for v in self.keyframes.values())
 
 
-def read_prompts(frames, prompt_field: str, frame_hw: tuple[int, int]) -> PromptSet:
-    """Every prompt label of a video's ``(frame_number, frame)`` pairs as keyframes.
+def read_prompts(frames, prompt_field: str, frame_hw: tuple[int, int],
+                 corrections_field: str | None = None) -> PromptSet:
+    """Every prompt label of a video's ``(frame_number, frame)`` pairs as keyframes, plus the output labels a user
+    corrected in the App (``corrections_field``, the run's ``<field>_instances``: labels with ``keyframe=True``,
+    which the App sets on what it edits; a prompt of the same object on the same frame wins).
 
     - ``Segmentation``: object ids are the pixel values (0 background, 255 void).
     - ``Detections`` / ``Polylines``: labels with ``keyframe=False`` (the App's copies) are skipped; an object is
@@ -116,9 +120,14 @@ def read_prompts(frames, prompt_field: str, frame_hw: tuple[int, int]) -> Prompt
     from ..core.box_prompt import BoxPrompt
     from ..core.prompts import check_object_id, masks_from_label_map
 
-    entries = []  # (frame index, key, item, explicit id)
+    entries = []  # (frame index, key, item, explicit id, from the corrections field)
     out = PromptSet()
     for frame_number, frame in frames:
+        if corrections_field and frame.has_field(corrections_field) and frame[corrections_field] is not None:
+            for item in _items(frame[corrections_field]):
+                if item.has_field("keyframe") and item["keyframe"] is True:
+                    key = ("instance", item.instance_id) if item.instance_id is not None else ("index", item.index)
+                    entries.append((frame_number - 1, key, item, item.index, True))
         label = frame[prompt_field] if frame.has_field(prompt_field) else None
         if label is None:
             continue
@@ -144,15 +153,15 @@ def read_prompts(frames, prompt_field: str, frame_hw: tuple[int, int]) -> Prompt
             explicit = int(item.index) if item.index is not None else None
             key = ("instance", item.instance_id) if item.instance_id is not None else \
                 ("index", explicit) if explicit is not None else ("position", pos)
-            entries.append((index, key, item, explicit))
+            entries.append((index, key, item, explicit, False))
 
     ids: dict = {}  # key -> object id
     taken = set(i for frame in out.keyframes.values() for i in frame)
-    for _, key, _, explicit in entries:  # explicit ids first
+    for _, key, _, explicit, _ in entries:  # explicit ids first
         if explicit is not None and key not in ids:
             ids[key] = check_object_id(explicit)
             taken.add(ids[key])
-    for _, key, _, _ in entries:  # then the rest, in order of appearance
+    for _, key, _, _, _ in entries:  # then the rest, in order of appearance
         if key in ids:
             continue
         preferred = key[1] if key[0] == "position" else None
@@ -160,9 +169,14 @@ def read_prompts(frames, prompt_field: str, frame_hw: tuple[int, int]) -> Prompt
             next(i for i in range(1, 255) if i not in taken)
         ids[key] = check_object_id(obj)
         taken.add(obj)
-    for index, key, item, _ in entries:
+    prompted = {(index, ids[key]) for index, key, _, _, correction in entries if not correction}
+    for index, key, item, _, correction in entries:
         obj = ids[key]
+        if correction and (index, obj) in prompted:
+            continue  # the prompt field says what this object is on this frame
         frame = out.keyframes.setdefault(index, {})
+        if correction:
+            out.corrections.add((index, obj))
         if obj in frame:
             raise ValueError(f"frame {index + 1}: two prompt labels are object {obj}; give each object its own "
                              "`instance` or `index`")
@@ -193,10 +207,11 @@ def instance_for(sample_id: str, obj_id: int) -> fo.Instance:
 
 
 def to_detections(labels: np.ndarray, probabilities: dict[int, np.ndarray], names: dict[int, str],
-                  instances: dict[int, fo.Instance] | None = None) -> fo.Detections:
+                  instances: dict[int, fo.Instance] | None = None, keyframes=()) -> fo.Detections:
     """One detection per object present in ``labels``: tight box, cropped mask, ``index`` = object id,
     ``confidence`` = mean foreground probability over the object's pixels, ``instance`` (one per object across the
-    video, so the App edits the object as one track)."""
+    video, so the App edits the object as one track) and ``keyframe``: True for the objects in ``keyframes`` (the
+    user's corrections of this field, kept as keyframes), False otherwise (as the App marks what it did not draw)."""
     h, w = labels.shape
     dets = []
     for obj_id in sorted(probabilities):
@@ -214,6 +229,7 @@ def to_detections(labels: np.ndarray, probabilities: dict[int, np.ndarray], name
         )
         if instances and obj_id in instances:
             det.instance = fo.Instance(id=instances[obj_id].id)
+        det["keyframe"] = obj_id in keyframes
         dets.append(det)
     return fo.Detections(detections=dets)
 
@@ -242,35 +258,38 @@ def _digest_value(h, value) -> None:
         h.update(repr(value).encode())
 
 
-def prompt_digest(frames, prompt_field: str) -> str:
-    """A digest of everything in a video's prompt field that can change the propagation: frame numbers, label types,
-    masks (stored inline or on disk), boxes, object identities (``index``, ``instance``), class labels and keyframe
-    flags. ``frames``: ``(frame_number, frame)`` pairs. The video itself is not read."""
+def prompt_digest(frames, prompt_field: str, corrections_field: str | None = None) -> str:
+    """A digest of everything in a video's prompts that can change the propagation: frame numbers, label types,
+    masks (stored inline or on disk), boxes, object identities (``index``, ``instance``), class labels; and the
+    corrected labels (``keyframe=True``) of ``corrections_field``. ``frames``: ``(frame_number, frame)`` pairs. The
+    video itself is not read."""
     import hashlib
 
     h = hashlib.sha1()
     for frame_number, frame in frames:
-        label = frame[prompt_field] if frame.has_field(prompt_field) else None
-        if label is None:
-            continue
-        h.update(f"#{frame_number}:{type(label).__name__}".encode())
-        items = label.detections if isinstance(label, fo.Detections) else \
-            label.polylines if isinstance(label, fo.Polylines) else [label]
-        for pos, item in enumerate(items):
-            if is_placeholder(item):
-                continue  # the App's copies of a keyframe: not prompts, and re-interpolated as the user edits
-            h.update(f"{{{pos}".encode())
-            for key in ("label", "bounding_box", "index", "points", "closed", "filled"):
-                if item.has_field(key):
-                    h.update(key.encode())
-                    _digest_value(h, item[key])
-            instance = getattr(item, "instance_id", None)
-            if instance is not None:
-                h.update(b"instance")
-                _digest_value(h, str(instance))
-            mask = item.get_mask() if hasattr(item, "get_mask") else None
-            if mask is not None:
-                h.update(b"mask")
-                _digest_value(h, np.asarray(mask))
-            h.update(b"}")
+        for name, only_keyframes in ((prompt_field, False), (corrections_field, True)):
+            label = frame[name] if name and frame.has_field(name) else None
+            if label is not None:
+                _digest_label(h, frame_number, label, only_keyframes)
     return h.hexdigest()[:16]
+
+
+def _digest_label(h, frame_number: int, label, only_keyframes: bool) -> None:
+    h.update(f"#{frame_number}:{type(label).__name__}".encode())
+    for pos, item in enumerate(_items(label)):
+        if is_placeholder(item) or (only_keyframes and not (item.has_field("keyframe") and item["keyframe"])):
+            continue  # the App's copies of a keyframe are not prompts (and it re-interpolates them as users edit)
+        h.update(f"{{{pos}".encode())
+        for key in ("label", "bounding_box", "index", "points", "closed", "filled"):
+            if item.has_field(key):
+                h.update(key.encode())
+                _digest_value(h, item[key])
+        instance = getattr(item, "instance_id", None)
+        if instance is not None:
+            h.update(b"instance")
+            _digest_value(h, str(instance))
+        mask = item.get_mask() if hasattr(item, "get_mask") else None
+        if mask is not None:
+            h.update(b"mask")
+            _digest_value(h, np.asarray(mask))
+        h.update(b"}")

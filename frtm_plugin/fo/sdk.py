@@ -151,7 +151,8 @@ def _propagate_one(job: _Job, sample, key: str, on_frame) -> tuple[int, int]:
     n = 0
     try:
         first = next(frames)
-        prompts = read_prompts(sample.frames.items(), job.prompt_field, first.shape[:2])
+        prompts = read_prompts(sample.frames.items(), job.prompt_field, first.shape[:2],
+                               corrections_field=job.out["instances"] if job.store_instances else None)
         if not prompts.keyframes:
             raise ValueError(f"no prompt: no frame of 'frames.{job.prompt_field}' holds an object (a mask, a box or a "
                              "filled polyline)")
@@ -173,7 +174,9 @@ def _propagate_one(job: _Job, sample, key: str, on_frame) -> tuple[int, int]:
             fr = target.frames[res.index + 1]
             fr[out["segmentation"]] = to_segmentation(res.labels)
             if job.store_instances:
-                fr[out["instances"]] = to_detections(res.labels, res.probabilities, prompts.names, instances)
+                corrected = [obj for obj in res.keyframe_objects if (res.index, obj) in prompts.corrections]
+                fr[out["instances"]] = to_detections(res.labels, res.probabilities, prompts.names, instances,
+                                                     keyframes=corrected)
             if job.store_heatmaps:
                 fr[out["heatmap"]] = to_heatmap(res.coarse_scores)
             n += 1
@@ -284,9 +287,11 @@ def _propagate_all(job: _Job, samples, label_field, run_config, run_hash, overwr
     _record_run(dataset, label_field, run_config, run_hash, status="running")
     status = "interrupted"
     try:
-        for sample in samples.select_fields(f"frames.{prompt_field}").iter_samples():
+        corrections = out["instances"] if job.store_instances else None
+        for sample in samples.select_fields([f"frames.{prompt_field}", f"frames.{out['instances']}"]
+                                            if job.store_instances else f"frames.{prompt_field}").iter_samples():
             lock.check()
-            digest = prompt_digest(sample.frames.items(), prompt_field)
+            digest = prompt_digest(sample.frames.items(), prompt_field, corrections)
             why = redo_reason(done.get(sample.id), run_hash, digest, overwrite)
             if why is None:
                 report.skipped[sample.id] = "already propagated with this configuration and these prompts"
