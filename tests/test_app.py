@@ -368,3 +368,127 @@ def _check_form(page, app_url, app_dataset):
     for label in ("FRTM: propagate masks", "Prompt field", "Output field", "Model", "frames.prompt"):
         assert label in text, (label, text)
     assert "frtm" in dialog.locator("input").evaluate_all("els => els.map(e => e.value)")
+
+
+# -- keyframes drawn the App's way, propagated from the App's form ------------------------------------------------------
+
+KEYFRAME = 5  # frame_number of the annotated (middle) frame; the App shows it as "#4"
+
+
+@pytest.fixture(scope="module")
+def keyframe_dataset(tmp_path_factory):
+    """A video whose only prompt is a box the App's way on a middle frame: ``frames.prompts`` Detections, one
+    ``fo.Instance``, ``keyframe=True`` there and box-only copies with ``keyframe=False`` on the later frames, and the
+    annotation schema active (as the demo leaves it)."""
+    seq = load_sequence(DEMO, "rollerblade")
+    path = tmp_path_factory.mktemp("app-kf-media") / "rollerblade.mp4"
+    _write_video(path, [seq.read_frame(i) for i in range(N_FRAMES)])
+    gt = read_label_png(seq.annotation_paths[KEYFRAME - 1]) == 1
+    name = f"frtm-app-kf-{os.getpid()}"
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    ds = fo.Dataset(name, persistent=True)
+    try:
+        ds.add_sample(fo.Sample(filepath=str(path)))
+        rows, cols = np.flatnonzero(gt.any(1)), np.flatnonzero(gt.any(0))
+        h, w = gt.shape
+        box = [cols[0] / w, rows[0] / h, (cols[-1] + 1 - cols[0]) / w, (rows[-1] + 1 - rows[0]) / h]
+        skater = fo.Instance()
+        s = ds.first()
+        for fn in range(KEYFRAME, N_FRAMES + 1):
+            s.frames[fn]["prompts"] = fo.Detections(detections=[fo.Detection(
+                label="skater", bounding_box=box, instance=skater, keyframe=fn == KEYFRAME)])
+        s.save()
+        ds.compute_metadata()
+        ds.set_label_schemas({"frames.prompts": ds.generate_label_schemas("frames.prompts")})
+        ds.activate_label_schemas("frames.prompts")
+        ds.app_config.color_scheme = fo.ColorScheme(color_by="field", opacity=0.7, fields=[
+            {"path": "frames.frtm", "fieldColor": OVERLAY, "maskTargetsColors": [{"intTarget": 1, "color": OVERLAY}]},
+            {"path": "frames.frtm_instances", "fieldColor": OVERLAY}])
+        ds.save()
+        yield ds
+    finally:
+        ds.delete()
+
+
+def _go_to_frame(pg, modal, index):
+    """Step the modal's video from its first frame to 0-based ``index`` ("#index / #N" on the playhead)."""
+    time_label = modal.get_by_test_id("timeline-playhead-time")
+    pw.expect(time_label).not_to_have_text("0:00.00 / 0:00.00", timeout=30_000)
+    if not time_label.inner_text().startswith("#"):
+        time_label.click()
+    want = f"#{index} / #{N_FRAMES}"
+    step = modal.get_by_test_id("timeline-controls-step-forward")
+    for _ in range(2 * N_FRAMES):
+        now = time_label.inner_text()
+        if now == want:
+            break
+        step.click()
+        pw.expect(time_label).not_to_have_text(now, timeout=10_000)
+    pg.mouse.move(2, 2)
+    pg.wait_for_timeout(1500)
+    return time_label.inner_text()
+
+
+def test_keyframe_box_propagated_from_the_app_form(page, keyframe_dataset, app_url):
+    """A box drawn the App's way on a middle frame, the propagate operator run from the App's own form (D-only for
+    speed, direction both), then the result on a frame BEFORE the keyframe and one after it, in the modal.
+
+    Screenshots: ``keyframe_form.png`` (the form with the keyframes it found), ``keyframe_before.png`` (frame #1,
+    before the keyframe: filled by the backward pass) and ``keyframe_after.png`` (frame #7). Checks: the form says it
+    found 1 keyframe label and ignores the App's copies; after Execute the dataset holds the output on every frame;
+    on both frames the overlay-coloured pixels coincide with the stored mask of that frame (IoU > 0.5)."""
+    ds = keyframe_dataset
+    with _failure_shot(page, "keyframe"):
+        _open(page, f"{app_url}/datasets/{ds.name}", '[data-cy="fo-grid"]')
+        page.wait_for_timeout(1500)
+        if page.locator('[data-cy="modal"]').is_visible():
+            _close_modal(page)
+        dismiss = page.get_by_role("button", name="Dismiss")
+        if dismiss.count() and dismiss.first.is_visible():
+            dismiss.first.click()
+        page.keyboard.press("`")
+        page.keyboard.type("propagate")
+        page.get_by_text("FRTM: propagate masks through videos").click()
+        dialog = page.locator('[data-cy="operators-prompt-modal"]')
+        pw.expect(dialog).to_be_visible()
+        pw.expect(dialog.get_by_text(re.compile(r"Keyframes: 1 keyframe label"))).to_be_visible(timeout=30_000)
+        assert "copies the App made between keyframes are ignored" in dialog.inner_text()
+        dialog.get_by_text("Target model only (no S)").click()
+        execute = dialog.get_by_role("button", name="Execute")
+        pw.expect(execute).to_be_enabled(timeout=30_000)
+        pw.expect(dialog.get_by_text("Required property")).to_have_count(0)
+        page.screenshot(path=str(ARTIFACTS / "keyframe_form.png"))
+        execute.click()
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            ds.reload()
+            if "frtm" in ds.get_frame_field_schema() and ds.count("frames.frtm") == N_FRAMES \
+                    and ds.first()["frtm_frtm"] is not None:
+                break
+            time.sleep(1)
+        assert ds.count("frames.frtm") == N_FRAMES, "the operator run from the App did not label every frame"
+        cfg = frtm_plugin.run_config(ds, "frtm")
+        assert cfg["direction"] == "both" and cfg["model"] == "d-only"
+        sample = ds.first()
+        masks = {fn: sample.frames[fn]["frtm"].get_mask() == 1 for fn in (2, 8)}
+        assert all(m.any() for m in masks.values())
+
+        page.keyboard.press("Escape")
+        _open(page, f"{app_url}/datasets/{ds.name}?id={sample.id}",
+              '[data-cy="modal"] [data-cy="checkbox-frames.frtm"]')
+        modal = page.locator('[data-cy="modal"]')
+        canvas = modal.locator('[data-cy="looker"] canvas')
+        _show_only(modal, ["frames.frtm"], ["frames.prompts", "frames.frtm", "frames.frtm_instances"])
+        page.wait_for_timeout(1000)
+        scores = {}
+        for fn, shot_name in ((2, "keyframe_before"), (8, "keyframe_after")):  # the second steps on from the first
+            assert _go_to_frame(page, modal, fn - 1) == f"#{fn - 1} / #{N_FRAMES}"
+            shot = _png(canvas.screenshot())
+            page.screenshot(path=str(ARTIFACTS / f"{shot_name}.png"))
+            y0, y1, x0, x1 = _image_rect(shot)
+            tint = _overlay_pixels(shot[y0:y1, x0:x1])
+            scores[fn] = _iou(tint, _fit(masks[fn], y1 - y0, x1 - x0))
+        print("keyframe overlay IoU per frame:", scores)
+        assert all(v > 0.5 for v in scores.values()), scores
+        _close_modal(page)
