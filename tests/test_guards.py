@@ -358,4 +358,4 @@ def test_missing_prediction_frames_are_reported_in_the_summary(clip, capsys):
 
 def test_output_field_names():
     assert output_fields("frames.x") == {"segmentation": "x", "instances": "x_instances", "heatmap": "x_scores",
-                                         "marker": "x_frtm"}
+                                         "marker": "x_frtm", "keyframes": "x_frtm_keyframes"}

@@ -117,3 +117,47 @@ def check_keyframes(keyframes: Keyframes, frame_hw: tuple[int, int]) -> Keyframe
         if frame:
             out[int(index)] = frame
     return out
+
+
+def keyframe_digests(keyframes: Keyframes) -> dict[str, str]:
+    """``"frame:object"`` -> a digest of that keyframe's mask (or box): what a later run compares to find the
+    keyframes that changed."""
+    import hashlib
+
+    from .box_prompt import BoxPrompt
+
+    out = {}
+    for index, frame in keyframes.items():
+        for obj, m in frame.items():
+            if isinstance(m, BoxPrompt):
+                data = repr(m).encode()
+            else:
+                a = np.ascontiguousarray(np.asarray(m, bool))
+                data = f"{a.shape}".encode() + np.packbits(a).tobytes()
+            out[f"{int(index)}:{int(obj)}"] = hashlib.sha1(data).hexdigest()[:16]
+    return out
+
+
+def changed_spans(old: dict[str, str], new: dict[str, str], num_frames: int,
+                  direction: str) -> dict[int, tuple[int, int]]:
+    """The frames each object's changed keyframes can change: object id -> (first, last) frame index, inclusive.
+
+    A keyframe added, removed or edited at frame k of object o changes o's masks from the keyframe before k to the
+    one after k (old and new keyframes of o both count: either may bound what the old run computed); with
+    ``direction="forward"`` from k on. An object's spans are joined into one."""
+    def parse(d):
+        return {tuple(int(x) for x in key.split(":")): v for key, v in d.items()}
+
+    old_kf, new_kf = parse(old), parse(new)
+    changed = {key for key in set(old_kf) | set(new_kf) if old_kf.get(key) != new_kf.get(key)}
+    spans: dict[int, tuple[int, int]] = {}
+    for k, obj in changed:
+        frames = sorted({f for f, o in set(old_kf) | set(new_kf) if o == obj} - {k})
+        before = [f for f in frames if f < k]
+        after = [f for f in frames if f > k]
+        lo = k if direction == "forward" else (before[-1] if before else 0)
+        hi = after[0] if after else num_frames - 1
+        if obj in spans:
+            lo, hi = min(lo, spans[obj][0]), max(hi, spans[obj][1])
+        spans[obj] = (lo, hi)
+    return spans

@@ -275,10 +275,14 @@ def prompt_digest(frames, prompt_field: str, corrections_field: str | None = Non
 
 
 def _digest_label(h, frame_number: int, label, only_keyframes: bool) -> None:
+    # the App's copies of a keyframe are not prompts (and it re-interpolates them as users edit); in the output
+    # field only the labels a user corrected (keyframe=True) are
+    items = [(pos, item) for pos, item in enumerate(_items(label)) if not is_placeholder(item) and
+             (not only_keyframes or (item.has_field("keyframe") and item["keyframe"] is True))]
+    if only_keyframes and not items:
+        return
     h.update(f"#{frame_number}:{type(label).__name__}".encode())
-    for pos, item in enumerate(_items(label)):
-        if is_placeholder(item) or (only_keyframes and not (item.has_field("keyframe") and item["keyframe"])):
-            continue  # the App's copies of a keyframe are not prompts (and it re-interpolates them as users edit)
+    for pos, item in items:
         h.update(f"{{{pos}".encode())
         for key in ("label", "bounding_box", "index", "points", "closed", "filled"):
             if item.has_field(key):

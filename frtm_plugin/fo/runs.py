@@ -37,7 +37,7 @@ def output_fields(label_field: str) -> dict[str, str]:
     """The frame-level fields one propagation writes, and the sample-level completion marker."""
     base = frame_field_name(label_field)
     return {"segmentation": base, "instances": f"{base}_instances", "heatmap": f"{base}_scores",
-            "marker": f"{base}_frtm"}
+            "marker": f"{base}_frtm", "keyframes": f"{base}_frtm_keyframes"}
 
 
 # -- which fields may be written --------------------------------------------------------------------------------------
@@ -104,6 +104,9 @@ def check_not_foreign(dataset, label_field: str, force: bool = False, store_inst
 
 # -- done markers --------------------------------------------------------------------------------------------------
 
+PROMPTS_CHANGED = "its prompts changed since it was propagated"
+
+
 def done_key(config_hash: str, prompt_digest: str) -> str:
     return f"{config_hash}:{prompt_digest}"
 
@@ -120,7 +123,7 @@ def redo_reason(marker: str | None, config_hash: str, prompt_digest: str, overwr
     if cfg != config_hash:
         return "the model configuration changed since it was propagated"
     if digest != prompt_digest:
-        return "its prompts changed since it was propagated"
+        return PROMPTS_CHANGED
     return None
 
 

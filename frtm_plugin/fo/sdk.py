@@ -27,8 +27,9 @@ from ..core.target_model import SolverConfig
 from ..core.tracker import DEFAULT_MAX_SIZE, TrackerConfig
 from .labels import (PROMPT_TYPES, frame_field_name, frame_field_type, instance_for, prompt_digest, read_prompts,
                      to_detections, to_heatmap, to_segmentation)
-from .runs import (FieldLock, FieldLockLostError, check_not_foreign, check_not_prompt_or_ground_truth, done_key,
-                      output_fields, redo_reason, run_key)
+from .runs import (PROMPTS_CHANGED, FieldLock, FieldLockLostError, check_not_foreign, check_not_prompt_or_ground_truth,
+                   done_key, output_fields, redo_reason, run_key)
+from ..core.prompts import changed_spans, keyframe_digests
 from ..io.video import TruncatedVideoError, VideoReadError, iter_video_frames
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class PropagationReport:
     failed: dict[str, str] = field(default_factory=dict)  # sample id -> the error that stopped it (not marked done)
     reasons: dict[str, str] = field(default_factory=dict)  # sample id -> why it was (re)computed
     keyframes: dict[str, int] = field(default_factory=dict)  # sample id -> (object, frame) keyframes it used
+    recomputed: dict[str, int] = field(default_factory=dict)  # sample id -> frames written (all, or what changed)
     frames: int = 0
     seconds: float = 0.0
 
@@ -99,6 +101,8 @@ def _declare_fields(dataset, out, store_instances, store_heatmaps) -> None:
             dataset.add_frame_field(out[kind], fo.EmbeddedDocumentField, embedded_doc_type=cls)
     if out["marker"] not in dataset.get_field_schema():
         dataset.add_sample_field(out["marker"], fo.StringField)
+    if out["keyframes"] not in dataset.get_field_schema():
+        dataset.add_sample_field(out["keyframes"], fo.DictField)
 
 
 def _run_config(info, tracker_config: TrackerConfig) -> dict:
@@ -135,7 +139,7 @@ class _Job:
     combine: str
 
 
-def _propagate_one(job: _Job, sample, key: str, on_frame) -> tuple[int, int]:
+def _propagate_one(job: _Job, sample, key: str, on_frame, previous_keyframes: dict | None = None) -> tuple[int, int]:
     """Track one video through the core's video loop and write its labels, then mark it done with ``key``; returns
     (frames written, keyframes used). Bad input (no prompt, a mask of the wrong size, an unreadable video) raises
     before anything is written; a video that ends before its declared frame count raises after what could be
@@ -158,6 +162,20 @@ def _propagate_one(job: _Job, sample, key: str, on_frame) -> tuple[int, int]:
                              "filled polyline)")
         instances = {obj: prompts.instances.get(obj) or instance_for(sample.id, obj)
                      for frame in prompts.keyframes.values() for obj in frame}
+        digests = keyframe_digests(prompts.keyframes)
+        # what is not a keyframe's mask but is written on every frame: class labels, instances, the prompt field
+        digests["labels"] = hashlib.sha1(json.dumps([job.prompt_field, sorted(prompts.names.items()), sorted(
+            (o, str(i.id)) for o, i in instances.items())]).encode()).hexdigest()[:16]
+        if previous_keyframes is not None and expected and previous_keyframes.get("labels") == digests["labels"]:
+            # same configuration, same objects and labels, other keyframes: recompute only what they change
+            previous_keyframes = {k: v for k, v in previous_keyframes.items() if k != "labels"}
+            current = {k: v for k, v in digests.items() if k != "labels"}
+            spans = changed_spans(previous_keyframes, current, expected, job.direction)
+            n = _recompute_spans(job, sample, prompts, instances, spans)
+            target = job.dataset[sample.id]
+            target[marker], target[out["keyframes"]] = key, digests
+            target.save()
+            return n, prompts.num_keyframes
 
         def all_frames():
             yield first
@@ -188,6 +206,7 @@ def _propagate_one(job: _Job, sample, key: str, on_frame) -> tuple[int, int]:
             on_frame()
         lock.check()
         target[marker] = key  # stored with the last chunk: the video is complete
+        target[out["keyframes"]] = digests  # what a later run compares to recompute only what changed
         target.save()
         return n, prompts.num_keyframes
     except TruncatedVideoError as e:
@@ -196,6 +215,73 @@ def _propagate_one(job: _Job, sample, key: str, on_frame) -> tuple[int, int]:
         raise TruncatedVideoError(e.path, e.decoded, e.expected, labelled=n) from None
     finally:
         frames.close()
+
+
+def _recompute_spans(job: _Job, sample, prompts, instances, spans: dict) -> int:
+    """Re-propagate each changed object over its span only (its keyframes there; a fresh target model at the span's
+    first keyframe) and rewrite just that object on those frames: its new mask replaces its old one and wins over
+    other objects except where they are annotated; the others' stored labels stay as they were (their detections
+    are rebuilt only where the object now covers some of their pixels). Returns the number of frames rewritten."""
+    import itertools
+
+    from ..core.video_loop import propagate_in_video
+
+    out = job.out
+    target = job.dataset[sample.id]
+    target[out["marker"]] = None  # in progress: an interrupted update is redone in full by the next run
+    target.save()
+    rewritten: set[int] = set()
+    for obj, (lo, hi) in sorted(spans.items()):
+        sub_keyframes = {k - lo: {obj: f[obj]} for k, f in prompts.keyframes.items() if lo <= k <= hi and obj in f}
+        if sub_keyframes:
+            frames = itertools.islice(iter_video_frames(sample.filepath), lo, hi + 1)
+            results = ((lo + r.index, r.labels == obj, r.probabilities)
+                       for r in propagate_in_video(job.tracker, frames, sub_keyframes, direction=job.direction))
+        else:  # the object lost its last keyframe here: it is removed from the span
+            results = ((i, None, {}) for i in range(lo, hi + 1))
+        for index, new, probabilities in results:
+            fr = target.frames[index + 1]
+            old = fr[out["segmentation"]].get_mask() if fr[out["segmentation"]] is not None else None
+            labels = np.array(old, np.uint8) if old is not None else np.zeros(new.shape, np.uint8)
+            labels[labels == obj] = 0
+            if new is not None:
+                annotated = np.zeros(labels.shape, bool)  # other objects' keyframes on this frame stay exact
+                for other, m in prompts.keyframes.get(index, {}).items():
+                    if other != obj and isinstance(m, np.ndarray):
+                        annotated |= m
+                labels[new & ~annotated] = obj
+            fr[out["segmentation"]] = to_segmentation(labels)
+            if job.store_instances:
+                fr[out["instances"]] = _merge_detections(fr[out["instances"]], labels, obj, probabilities,
+                                                         prompts, instances, index)
+            rewritten.add(index)
+        target.save()
+    return len(rewritten)
+
+
+def _merge_detections(stored, labels: np.ndarray, obj: int, probabilities: dict, prompts, instances, index: int):
+    """The frame's detections after ``obj`` was recomputed: other objects' detections kept as stored unless their
+    pixels changed (then rebuilt, keeping their confidence), ``obj``'s rebuilt."""
+    old = {d.index: d for d in (stored.detections if stored is not None else [])}
+    present = [int(i) for i in np.unique(labels) if i not in (0, 255)]
+    dets = []
+    for i in present:
+        keep = old.get(i)
+        if i != obj and keep is not None and keep.mask is not None:
+            h, w = labels.shape
+            x, y, bw, bh = keep.bounding_box
+            x0, y0 = int(round(x * w)), int(round(y * h))
+            region = labels[y0:y0 + keep.mask.shape[0], x0:x0 + keep.mask.shape[1]] == i
+            if region.shape == keep.mask.shape and np.array_equal(region, keep.mask) and \
+                    (labels == i).sum() == keep.mask.sum():
+                dets.append(keep)  # untouched: byte for byte as stored
+                continue
+        prob = {i: probabilities[i]} if i == obj and i in probabilities else \
+            {i: np.full(labels.shape, keep.confidence if keep is not None and keep.confidence is not None else 1.0,
+                        np.float32)}
+        keyframed = [i] if (index, i) in prompts.corrections else []
+        dets.extend(to_detections(labels, prob, prompts.names, instances, keyframes=keyframed).detections)
+    return fo.Detections(detections=dets)
 
 
 def propagate(samples, prompt_field: str, label_field: str, model: str = "default", *, backbone: str | None = None,
@@ -271,6 +357,7 @@ def _propagate_all(job: _Job, samples, label_field, run_config, run_hash, overwr
     dataset, out, lock, prompt_field = job.dataset, job.out, job.lock, job.prompt_field
     ids = samples.values("id")
     done = dict(zip(ids, samples.values(out["marker"])))
+    stored_keyframes = dict(zip(ids, samples.values(out["keyframes"])))
     total_frames = max(1, sum(n or 0 for n in samples.values("metadata.total_frame_count")))
     report = PropagationReport()
     bar, callback = _progress(progress, total_frames)
@@ -298,7 +385,8 @@ def _propagate_all(job: _Job, samples, label_field, run_config, run_hash, overwr
                 continue
             t0 = time.perf_counter()
             try:
-                n, keyframes = _propagate_one(job, sample, done_key(run_hash, digest), on_frame)
+                previous = stored_keyframes.get(sample.id) if why == PROMPTS_CHANGED else None
+                n, keyframes = _propagate_one(job, sample, done_key(run_hash, digest), on_frame, previous)
             except TruncatedVideoError as e:
                 report.failed[sample.id] = str(e)
                 log.warning("partial: %s", e)
@@ -311,6 +399,7 @@ def _propagate_all(job: _Job, samples, label_field, run_config, run_hash, overwr
             report.processed.append(sample.id)
             report.reasons[sample.id] = why
             report.keyframes[sample.id] = keyframes
+            report.recomputed[sample.id] = n
             report.frames += n
             report.seconds += time.perf_counter() - t0
         status = "done"
