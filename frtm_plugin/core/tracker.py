@@ -1,18 +1,20 @@
-"""The streaming tracker: feed frames one by one, add objects on any frame, get masks back.
+"""The streaming tracker: feed frames one by one, annotate objects on any frame, get masks back. Videos go through
+:func:`.video_loop.propagate_in_video` (keyframes, both directions), which steps this tracker.
 
     tracker = FRTMTracker(backbone, segnet)            # segnet=None: D-only
     for i, frame in enumerate(frames):                 # frame: (H, W, 3) uint8 RGB
-        out = tracker.step(frame, new_masks.get(i))    # {obj_id: (H, W) mask} where objects start
+        out = tracker.step(frame, masks.get(i))        # {obj_id: (H, W) mask} where objects are annotated
         out.labels, out.probabilities, out.coarse_scores
 
 Per frame, as the released tracker (``Tracker.initialize`` + ``Tracker.track``):
 1. backbone features once for the frame, shared by all objects;
 2. every object started on an earlier frame: D's coarse scores, then S (or D's scores upsampled when D-only),
    a sigmoid, the foreground probability;
-3. objects starting on this frame take their given mask, and carve it out of the older objects' probabilities;
-4. multi-object merge, and each older object's D learns from its merged soft mask.
-Objects starting on this frame get a new D fitted on their mask and augmented copies of the frame; they are not
-also updated on that frame (their sample is already in the memory). The tracker holds per object only D's
+3. objects annotated on this frame take their given mask, and carve it out of the other objects' probabilities;
+4. multi-object merge, and each tracked object's D learns from its merged soft mask.
+Objects starting on this frame get a new D fitted on their mask and augmented copies of the frame; an object
+annotated again (a correction) is re-anchored: its D learns the mask as a protected memory sample
+(``TargetModel.reanchor``). Neither is also updated on that frame (its sample is already in the memory). The tracker holds per object only D's
 weights and its fixed-size memory, never per-frame history.
 """
 

@@ -84,7 +84,7 @@ def propagate_in_video(tracker, frames: Iterable[np.ndarray], keyframes: Keyfram
         yield first
         yield from frames
 
-    if direction == "forward":
+    if direction == "forward" or max(keyframes) == 0:  # all keyframes on the first frame: nothing to go back to
         yield from _forward_only(tracker, all_frames(), keyframes)
     else:
         with tempfile.TemporaryDirectory(prefix="frtm-both-", dir=work_dir) as tmp:
