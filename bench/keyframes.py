@@ -2,8 +2,9 @@
 
 On held-out DAVIS-2016 train videos (whole videos), with the default model at 854x480, CPU:
 - baseline: the first frame's mask, forward (the benchmark protocol);
-- one correction round: the ground truth of the frame the baseline got worst added as a keyframe, run forward, and
-  with both directions (blend / nearest), and forward with the correction learned from 5 augmented samples;
+- one correction round: the ground truth of the frame the baseline got worst (among those where the object shows at
+  least a quarter of its median area) added as a keyframe, run forward, with both directions (blend / nearest),
+  forward with the correction learned from 5 augmented samples, and forward with D refitted from scratch there;
 - middle: the middle frame's mask only, both directions;
 - box: the first frame's box only (box-to-mask), forward.
 J and F per frame as the DAVIS toolkit computes them; J&F = mean over frames of (J + F) / 2, over every frame but the
@@ -53,6 +54,7 @@ def main() -> None:
     p.add_argument("--max-frames", type=int)
     p.add_argument("--model", default="default")
     p.add_argument("--out", type=Path)
+    p.add_argument("--only", help="comma-separated run names (default: all)")
     args = p.parse_args()
 
     import torch
@@ -65,6 +67,7 @@ def main() -> None:
 
     torch.set_num_threads(2)
     trackers = {aug: build_tracker(args.model, config=TrackerConfig(reanchor_aug=aug))[0] for aug in (1, 5)}
+    trackers["restart"] = build_tracker(args.model, config=TrackerConfig(reanchor="restart"))[0]
     tracker = trackers[1]
     rows = []
     for name in args.sequences.split(","):
@@ -81,15 +84,18 @@ def main() -> None:
 
         base, s = _run(tracker, frames, {0: {1: gt[0]}})
         per = record("baseline", base, s, {0})
-        # the frame a user would correct first: the worst one where the object is visible (a correction is a mask)
-        visible = [i for i in range(1, n - 1) if gt[i].any()]
+        # the frame a user would correct first: the worst one where the object is clearly visible (a correction is
+        # a mask; a sliver of an object about to vanish is not what anyone corrects): at least 25 % of its median area
+        area = gt.sum(axis=(1, 2))
+        visible = [i for i in range(1, n - 1) if area[i] >= 0.25 * np.median(area[area > 0])]
         worst = min(visible, key=lambda i: per[i])
         row["corrected_frame"] = worst
         kf = {0: {1: gt[0]}, worst: {1: gt[worst]}}
         for key, direction, combine, aug in (("correction_forward", "forward", "blend", 1),
                                              ("correction_both_blend", "both", "blend", 1),
                                              ("correction_both_nearest", "both", "nearest", 1),
-                                             ("correction_forward_aug5", "forward", "blend", 5)):
+                                             ("correction_forward_aug5", "forward", "blend", 5),
+                                             ("correction_forward_restart", "forward", "blend", "restart")):
             pred, s = _run(trackers[aug], frames, kf, direction, combine)
             record(key, pred, s, {0, worst})
         mid = n // 2
@@ -106,7 +112,7 @@ def main() -> None:
                 fh.write(json.dumps(row) + "\n")
 
     keys = ["baseline", "correction_forward", "correction_both_blend", "correction_both_nearest",
-            "correction_forward_aug5", "middle_both", "box_forward"]
+            "correction_forward_aug5", "correction_forward_restart", "middle_both", "box_forward"]
     print(f"\nmodel {args.model}, 854x480, CPU {torch.get_num_threads()} threads; J&F (x100) per video")
     print("| sequence | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 1) + "|")

@@ -157,3 +157,20 @@ def test_keyframe_samples_are_protected_in_the_memory():
                             share=0.5, max_protected=3)
     kept = sorted(float(mem.features[0, i, 0, 0]) for i in torch.nonzero(mem.protected).flatten())
     assert kept == [8.0, 9.0, 10.0]  # the first correction (7) was released and its slot reused
+
+
+def test_restart_reanchoring_fits_a_new_target_model(clip):
+    frames, gts = clip
+    tr = FRTMTracker(build_backbone("mobilenet_v2"), None, TrackerConfig(num_aug=1, max_size=256, reanchor="restart"))
+    tr.step(frames[0], {1: gts[0]})
+    first_model = tr.objects[1].target_model
+    tr.step(frames[1])
+    tr.step(frames[2], {1: gts[2]})
+    assert tr.objects[1].start_frame == 2 and tr.objects[1].target_model is not first_model
+    memory = FRTMTracker(build_backbone("mobilenet_v2"), None, TrackerConfig(num_aug=1, max_size=256))
+    memory.step(frames[0], {1: gts[0]})
+    kept = memory.objects[1].target_model
+    memory.step(frames[1])
+    memory.step(frames[2], {1: gts[2]})
+    assert memory.objects[1].start_frame == 0 and memory.objects[1].target_model is kept
+    assert int(kept.memory.protected.sum()) == 1  # the correction, protected

@@ -45,6 +45,9 @@ class TrackerConfig:
     # returned at the input size
     seed: int = 0
     reanchor_aug: int = 1  # samples learned from a later keyframe of a tracked object (1: the frame alone)
+    # "memory": a later keyframe enters D's memory as a protected sample and W2 is refitted; "restart": D is fitted
+    # anew on it, as on a first frame (num_aug samples), and the object's history is dropped
+    reanchor: str = "memory"
 
 
 @dataclass
@@ -71,6 +74,8 @@ def inference_size(hw: tuple[int, int], max_size: int | None) -> tuple[int, int]
 
 class FRTMTracker:
     def __init__(self, backbone, segnet=None, config: TrackerConfig = TrackerConfig(), device="cpu"):
+        if config.reanchor not in ("memory", "restart"):
+            raise ValueError(f"reanchor must be 'memory' or 'restart', got {config.reanchor!r}")
         self.backbone = backbone.to(device).eval()
         self.segnet = segnet.to(device).eval() if segnet is not None else None
         self.config = config
@@ -139,7 +144,7 @@ class FRTMTracker:
 
         for obj_id, mask in prompts.items():
             if obj_id in self.objects:
-                self._reanchor(obj_id, image, mask, target_feat)
+                self._reanchor(obj_id, image, mask, target_feat, index)
             else:
                 self._start_object(obj_id, image, mask, target_feat, index)
             probs[obj_id] = torch.from_numpy(mask).to(self.device, torch.float32)
@@ -227,7 +232,10 @@ class FRTMTracker:
             parts.append(self.backbone(batch, layers=(layer,))[layer])
         return torch.cat(parts), torch.from_numpy(labels).to(self.device)
 
-    def _reanchor(self, obj_id: int, image: np.ndarray, mask: np.ndarray, frame_feature) -> None:
+    def _reanchor(self, obj_id: int, image: np.ndarray, mask: np.ndarray, frame_feature, index: int) -> None:
+        if self.config.reanchor == "restart":
+            self._start_object(obj_id, image, mask, frame_feature, index)
+            return
         feats, labels = self._keyframe_samples(obj_id, image, mask, frame_feature, self.config.reanchor_aug)
         self.objects[obj_id].target_model.reanchor(feats, labels)
 
