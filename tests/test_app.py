@@ -259,15 +259,14 @@ def _show_only(modal, fields_on, all_fields):
         pw.expect(modal.locator(f'[data-cy="checkbox-{f}"] input')).to_be_checked(checked=f in fields_on)
 
 
-def _go_to_last_frame(pg, modal):
-    """Step the modal's video to its last frame with the timeline's "Step forward" button; return the playhead's
-    text, switched to frame numbers ("#<index> / #<count>", index from 0)."""
+def _go_to_frame(pg, modal, index):
+    """Step the modal's video with the timeline's "Step forward" button to 0-based frame ``index``; return the
+    playhead's text, switched to frame numbers ("#<index> / #<count>")."""
     time_label = modal.get_by_test_id("timeline-playhead-time")
-    pw.expect(time_label).not_to_have_text("0:00.00 / 0:00.00", timeout=30_000)  # the video's duration is known
+    pw.expect(time_label).not_to_have_text("0:00.00 / 0:00.00", timeout=30_000)
     if not time_label.inner_text().startswith("#"):
-        time_label.click()  # "click to switch to frame numbers"
-    pw.expect(time_label).to_have_text(re.compile(r"^#\d+ / #%d$" % N_FRAMES))
-    want = f"#{N_FRAMES - 1} / #{N_FRAMES}"
+        time_label.click()
+    want = f"#{index} / #{N_FRAMES}"
     step = modal.get_by_test_id("timeline-controls-step-forward")
     for _ in range(2 * N_FRAMES):
         now = time_label.inner_text()
@@ -275,9 +274,14 @@ def _go_to_last_frame(pg, modal):
             break
         step.click()
         pw.expect(time_label).not_to_have_text(now, timeout=10_000)
-    pg.mouse.move(2, 2)  # no hover tooltip over the canvas
-    pg.wait_for_timeout(1500)  # let the frame's labels render
+    pg.mouse.move(2, 2)
+    pg.wait_for_timeout(1500)
     return time_label.inner_text()
+
+
+def _go_to_last_frame(pg, modal):
+    """Step the modal's video to its last frame; return the playhead's text ("#<index> / #<count>", from 0)."""
+    return _go_to_frame(pg, modal, N_FRAMES - 1)
 
 
 def test_sample_modal_shows_propagated_masks(page, app_dataset, app_url):
@@ -409,25 +413,6 @@ def keyframe_dataset(tmp_path_factory):
         yield ds
     finally:
         ds.delete()
-
-
-def _go_to_frame(pg, modal, index):
-    """Step the modal's video from its first frame to 0-based ``index`` ("#index / #N" on the playhead)."""
-    time_label = modal.get_by_test_id("timeline-playhead-time")
-    pw.expect(time_label).not_to_have_text("0:00.00 / 0:00.00", timeout=30_000)
-    if not time_label.inner_text().startswith("#"):
-        time_label.click()
-    want = f"#{index} / #{N_FRAMES}"
-    step = modal.get_by_test_id("timeline-controls-step-forward")
-    for _ in range(2 * N_FRAMES):
-        now = time_label.inner_text()
-        if now == want:
-            break
-        step.click()
-        pw.expect(time_label).not_to_have_text(now, timeout=10_000)
-    pg.mouse.move(2, 2)
-    pg.wait_for_timeout(1500)
-    return time_label.inner_text()
 
 
 def test_keyframe_box_propagated_from_the_app_form(page, keyframe_dataset, app_url):

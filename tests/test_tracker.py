@@ -113,7 +113,7 @@ def test_a_failed_step_leaves_the_frame_counter(mobilenet):
     assert tr.frame_index == 0
     with pytest.raises(ValueError, match="frame 1: the mask of object 2 is 60x96"):
         tr.step(frame, {2: mask[:60]})
-    with pytest.raises(ValueError, match="object 2 on frame 1 is empty"):
+    with pytest.raises(ValueError, match="frame 1: the mask of object 2 is empty"):
         tr.step(frame, {2: np.zeros((64, 96), bool)})
     tr.step(frame, {2: mask})
     assert tr.frame_index == 1 and tr.objects[2].start_frame == 1 and tr.objects[1].start_frame == 0

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .. import ops
 from .augment import augment_first_frame
 from .defaults import DEFAULT_MAX_SIZE, MAX_OBJECT_ID  # noqa: F401  (re-exported)
-from .prompts import check_object_id, fit_mask, masks_from_label_map  # noqa: F401  (re-exported)
+from .prompts import check_keyframes, fit_mask, masks_from_label_map  # noqa: F401  (re-exported)
 from .merge import merge_labels, soft_aggregate
 from .target_model import SolverConfig, TargetModel
 
@@ -201,15 +201,10 @@ class FRTMTracker:
     def _prepare_prompts(self, new_masks, full_hw, hw, index) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
         """Checked prompt masks at the inference size, and at the frame's size (always: the output there is exact)."""
         prompts, full = {}, {}
-        for obj_id, mask in new_masks.items():
-            obj_id = check_object_id(obj_id)
-            try:
-                m = fit_mask(mask, full_hw, obj_id)
-            except ValueError as e:
-                raise ValueError(f"frame {index}: {e}") from None
-            if not m.any():
-                raise ValueError(f"the mask of object {obj_id} on frame {index} is empty: "
-                                 "an object needs at least one foreground pixel where it is annotated")
+        for obj_id, m in check_keyframes({index: dict(new_masks)}, full_hw).get(index, {}).items():
+            if not isinstance(m, np.ndarray):
+                raise ValueError(f"frame {index}: object {obj_id} is given a box; the tracker takes masks (boxes are "
+                                 "turned into masks by propagate_in_video, or core.box_prompt.box_to_mask)")
             full[obj_id] = m
             if hw != full_hw:
                 small = cv2.resize(m.astype(np.uint8), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST) > 0
