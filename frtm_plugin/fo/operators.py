@@ -136,6 +136,7 @@ class PropagateOperator(foo.Operator):
             ctx.trigger("reload_dataset")
         return {"processed": len(report.processed), "skipped": len(report.skipped), "failed": report.failed,
                 "keyframes": sum(report.keyframes.values()), "frames": report.frames,
+                "reasons": report.reasons,
                 "fps": round(report.fps, 2) if report.seconds else None}
 
     def resolve_output(self, ctx):
@@ -144,7 +145,8 @@ class PropagateOperator(foo.Operator):
         outputs.int("skipped", label="Videos skipped (already done)")
         outputs.obj("failed", label="Videos that failed, and why")
         outputs.int("keyframes", label="Keyframes used")
-        outputs.int("frames", label="Frames")
+        outputs.int("frames", label="Frames written (only what changed, after a correction)")
+        outputs.obj("reasons", label="Why each video was (re)computed")
         outputs.float("fps", label="FPS")
         return types.Property(outputs)
 

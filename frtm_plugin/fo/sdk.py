@@ -53,7 +53,7 @@ class PropagationReport:
         return self.frames / self.seconds if self.seconds else float("nan")
 
     def __str__(self) -> str:
-        s = f"{len(self.processed)} video(s) propagated, {self.frames} frames, {self.fps:.2f} FPS"
+        s = f"{len(self.processed)} video(s) propagated, {self.frames} frames written, {self.fps:.2f} FPS"
         if self.skipped:
             s += f"; {len(self.skipped)} skipped"
         if self.failed:
