@@ -18,6 +18,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -92,6 +93,7 @@ class TrackJob:
     label_maps: dict[int, np.ndarray]
     direction: str
 
+    @cached_property
     def keyframes(self):
         from .core.prompts import keyframes_from_label_maps
 
@@ -148,11 +150,11 @@ def check_prompts(job: TrackJob) -> None:
     """Every keyframe against the frame size, before a model is loaded or an output folder is made."""
     from .core.prompts import check_keyframes
 
-    if not job.keyframes():
+    if not job.keyframes:
         raise ValueError(f"sequence {job.name}: no annotation holds an object; annotate each object on at least "
                          "one frame")
     try:
-        check_keyframes(job.keyframes(), job.frame_hw)
+        check_keyframes(job.keyframes, job.frame_hw)
     except ValueError as e:
         raise ValueError(f"sequence {job.name}, {e}") from None
 
@@ -166,7 +168,7 @@ def track_sequence(tracker, job: TrackJob, out_dir: Path, save_probs: bool, prog
     from .io.labels import write_label_png
     from .io.video import TruncatedVideoError
 
-    keyframes = job.keyframes()
+    keyframes = job.keyframes
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds, n, objects = 0.0, 0, set()
     outputs = propagate_in_video(tracker, job.frames(), keyframes, direction=job.direction,

@@ -52,5 +52,26 @@ def judo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_clip(tmp_path_factory):
+    """``make(n)`` -> (H.264 MP4 of the shipped demo clip's first n frames, their object-1 masks as bool arrays);
+    each length is encoded once per session."""
+    from frtm_plugin.io.davis import load_sequence
+    from frtm_plugin.io.labels import read_label_png
+    from frtm_plugin.io.video import write_video
+
+    seq = load_sequence(ROOT / "data" / "demo", "rollerblade")
+    made = {}
+
+    def make(n: int):
+        if n not in made:
+            path = tmp_path_factory.mktemp("demo-clip") / "rollerblade.mp4"
+            write_video(path, [seq.read_frame(i) for i in range(n)])
+            made[n] = path, [read_label_png(seq.annotation_paths[i]) == 1 for i in range(n)]
+        return made[n]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def long_video() -> Path:
     return _need(SHARED_DATA / "videos" / "vtest.avi")

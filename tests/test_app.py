@@ -60,6 +60,13 @@ def _write_video(path: Path, frames, fps=10):
             out.mux(packet)
 
 
+def _overlay_scheme():
+    """frames.frtm and its instances drawn in the overlay colour, so they can be found in a screenshot."""
+    return fo.ColorScheme(color_by="field", opacity=0.7, fields=[
+        {"path": "frames.frtm", "fieldColor": OVERLAY, "maskTargetsColors": [{"intTarget": 1, "color": OVERLAY}]},
+        {"path": "frames.frtm_instances", "fieldColor": OVERLAY}])
+
+
 @pytest.fixture(scope="module")
 def app_dataset(tmp_path_factory):
     """A persistent one-video dataset (the App server is another process) with gt, a first-frame prompt and the
@@ -80,9 +87,7 @@ def app_dataset(tmp_path_factory):
         s.frames[1]["prompt"] = fo.Segmentation(mask=gts[0])
         s.save()
         ds.compute_metadata()
-        ds.app_config.color_scheme = fo.ColorScheme(color_by="field", opacity=0.7, fields=[
-            {"path": "frames.frtm", "fieldColor": OVERLAY, "maskTargetsColors": [{"intTarget": 1, "color": OVERLAY}]},
-            {"path": "frames.frtm_instances", "fieldColor": OVERLAY}])
+        ds.app_config.color_scheme = _overlay_scheme()
         ds.save()
         report = frtm_plugin.propagate(ds, "prompt", "frtm", model="d-only", max_size=256, progress=False)
         assert len(report.processed) == 1 and report.frames == N_FRAMES
@@ -406,9 +411,7 @@ def keyframe_dataset(tmp_path_factory):
         ds.compute_metadata()
         ds.set_label_schemas({"frames.prompts": ds.generate_label_schemas("frames.prompts")})
         ds.activate_label_schemas("frames.prompts")
-        ds.app_config.color_scheme = fo.ColorScheme(color_by="field", opacity=0.7, fields=[
-            {"path": "frames.frtm", "fieldColor": OVERLAY, "maskTargetsColors": [{"intTarget": 1, "color": OVERLAY}]},
-            {"path": "frames.frtm_instances", "fieldColor": OVERLAY}])
+        ds.app_config.color_scheme = _overlay_scheme()
         ds.save()
         yield ds
     finally:

@@ -2,8 +2,6 @@
 object on all its labels, ``keyframe=True`` where drawn or edited, copies with ``keyframe=False`` (box only) on later
 frames, brush masks at screen resolution, boxes without masks, polylines. Real clip (the shipped demo clip)."""
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -12,22 +10,14 @@ fo = pytest.importorskip("fiftyone")
 
 import frtm_plugin  # noqa: E402
 from frtm_plugin.fo.labels import prompt_digest, read_prompts  # noqa: E402
-from frtm_plugin.io.davis import load_sequence  # noqa: E402
-from frtm_plugin.io.labels import read_label_png  # noqa: E402
-from frtm_plugin.io.video import write_video  # noqa: E402
-
-DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 FAST = dict(model="d-only", max_size=256, num_aug=1)
 N = 8
 HW = (480, 854)
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    seq = load_sequence(DEMO, "rollerblade")
-    path = tmp_path_factory.mktemp("media") / "rollerblade.mp4"
-    write_video(path, [seq.read_frame(i) for i in range(N)])
-    return path, [read_label_png(seq.annotation_paths[i]) == 1 for i in range(N)]
+def clip(demo_clip):
+    return demo_clip(N)
 
 
 def _box(mask):
@@ -82,7 +72,8 @@ def test_app_keyframe_with_copies_and_a_screen_size_mask(clip):
         labels = _labels(ds, "frtm")
         pasted = read_prompts(ds.first().frames.items(), "prompts", HW).keyframes[k][1]
         assert np.array_equal(labels[k] == 1, pasted)  # the keyframe is its (resized, pasted) annotation
-        assert (pasted ^ gts[k]).sum() < 0.1 * gts[k].sum()  # the screen-size mask lands on the object (nearest resampling)
+        # the screen-size mask lands on the object (up to nearest resampling)
+        assert (pasted ^ gts[k]).sum() < 0.1 * gts[k].sum()
         assert all((m == 1).any() for m in labels)  # both directions: the frames before it too
         instances = {d.instance_id for fr in ds.first().frames.values() for d in fr["frtm_instances"].detections}
         assert instances == {skater.id}  # one track, the prompt's instance

@@ -1,8 +1,6 @@
 """Re-propagation after a correction is incremental: only the frames the changed keyframe can change are rewritten,
 every other stored label stays byte for byte. Real clip (the shipped demo clip), D-only at a small size."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -10,11 +8,6 @@ fo = pytest.importorskip("fiftyone")
 
 import frtm_plugin  # noqa: E402
 from frtm_plugin.core.prompts import changed_spans, keyframe_digests  # noqa: E402
-from frtm_plugin.io.davis import load_sequence  # noqa: E402
-from frtm_plugin.io.labels import read_label_png  # noqa: E402
-from frtm_plugin.io.video import write_video  # noqa: E402
-
-DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 FAST = dict(model="d-only", max_size=256, num_aug=1)
 N = 12
 
@@ -36,11 +29,8 @@ def test_changed_spans():
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    seq = load_sequence(DEMO, "rollerblade")
-    path = tmp_path_factory.mktemp("media") / "rollerblade.mp4"
-    write_video(path, [seq.read_frame(i) for i in range(N)])
-    return path, [read_label_png(seq.annotation_paths[i]) == 1 for i in range(N)]
+def clip(demo_clip):
+    return demo_clip(N)
 
 
 def _snapshot(ds):

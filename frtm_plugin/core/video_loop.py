@@ -171,12 +171,8 @@ def _both(tracker, frames, keyframes: Keyframes, combine: str, tmp: Path) -> Ite
     # Backward pass, combining with the forward one frame by frame.
     tracker.reset()
     for index in range(last_kf, -1, -1):
-        given = keyframes.get(index)
-        small = cached[index]
-        if not tracker.objects and not given:  # cannot happen (last_kf is annotated): kept for clarity
-            yield _empty(index, full_hw)
-            continue
-        step = tracker.step(small, given, frame_hw=full_hw)
+        given = keyframes.get(index)  # the first index, last_kf, is annotated: the backward tracker starts there
+        step = tracker.step(cached[index], given, frame_hw=full_hw)
         back = step.inference_probabilities
         fwd = {}
         if index >= first_kf:

@@ -76,6 +76,8 @@ def add_app_prompts(ds, field: str = "prompts", source: str = "prompt", label: s
     import fiftyone as fo
     import numpy as np
 
+    from .labels import object_detection
+
     for sample in ds.iter_samples(autosave=True):
         instances = {}
         for frame_number, frame in sample.frames.items():
@@ -83,15 +85,10 @@ def add_app_prompts(ds, field: str = "prompts", source: str = "prompt", label: s
             if seg is None or seg.get_mask() is None:
                 continue
             labels = seg.get_mask()
-            h, w = labels.shape
             dets = []
             for obj in (int(i) for i in np.unique(labels) if i not in (0, 255)):
-                m = labels == obj
-                rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-                y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
                 inst = instances.setdefault(obj, fo.Instance())
-                dets.append(fo.Detection(label=label, bounding_box=[x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h],
-                                         mask=m[y0:y1, x0:x1], instance=inst, keyframe=True))
+                dets.append(object_detection(labels == obj, obj, label, instance=inst, keyframe=True))
             frame[field] = fo.Detections(detections=dets)
     schema = ds.generate_label_schemas(f"frames.{field}")
     ds.set_label_schemas({**ds.label_schemas, f"frames.{field}": schema})

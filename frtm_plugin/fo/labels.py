@@ -14,7 +14,8 @@ import numpy as np
 
 import fiftyone as fo
 
-VOID = 255
+from ..core.defaults import VOID  # noqa: F401  (re-exported)
+
 PROMPT_TYPES = (fo.Segmentation, fo.Detections, fo.Polylines)
 
 
@@ -32,12 +33,6 @@ def frame_field_type(samples, field: str):
     return getattr(f, "document_type", type(f))
 
 
-def _relative_box_pixels(box, frame_hw) -> tuple[int, int, int, int]:
-    h, w = frame_hw
-    x, y, bw, bh = box
-    return int(round(x * w)), int(round(y * h)), int(round((x + bw) * w)), int(round((y + bh) * h))
-
-
 def detection_to_mask(det: fo.Detection, frame_hw: tuple[int, int]) -> np.ndarray:
     """A detection's instance mask pasted into a full-frame bool mask. The mask may be stored at any size (the App
     stores brush masks at screen resolution): it is resampled to the box's pixel size."""
@@ -45,7 +40,10 @@ def detection_to_mask(det: fo.Detection, frame_hw: tuple[int, int]) -> np.ndarra
     mask = det.get_mask() if hasattr(det, "get_mask") else det.mask
     if mask is None:
         raise ValueError(f"detection {det.label!r} (id {det.id}) has no instance mask")
-    x0, y0, x1, y1 = _relative_box_pixels(det.bounding_box, frame_hw)
+    from ..core.box_prompt import BoxPrompt
+
+    box = BoxPrompt.from_relative(det.bounding_box, frame_hw)
+    x0, y0, x1, y1 = box.x0, box.y0, box.x1, box.y1
     mask = np.asarray(mask)
     mask = mask[..., 0] if mask.ndim == 3 else mask
     mask = mask.astype(bool)
@@ -206,31 +204,33 @@ def instance_for(sample_id: str, obj_id: int) -> fo.Instance:
     return fo.Instance(id=hashlib.sha1(f"frtm:{sample_id}:{obj_id}".encode()).hexdigest()[:24])
 
 
+def object_detection(mask: np.ndarray, obj_id: int, label: str, confidence: float | None = None,
+                     instance: fo.Instance | None = None, keyframe: bool = False) -> fo.Detection:
+    """One object's full-frame bool mask as a Detection: tight box, cropped mask, ``index`` = object id."""
+    h, w = mask.shape
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    det = fo.Detection(label=label, bounding_box=[x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h],
+                       mask=mask[y0:y1, x0:x1].copy(), index=int(obj_id), confidence=confidence)
+    if instance is not None:
+        det.instance = fo.Instance(id=instance.id)
+    det["keyframe"] = bool(keyframe)
+    return det
+
+
 def to_detections(labels: np.ndarray, probabilities: dict[int, np.ndarray], names: dict[int, str],
                   instances: dict[int, fo.Instance] | None = None, keyframes=()) -> fo.Detections:
     """One detection per object present in ``labels``: tight box, cropped mask, ``index`` = object id,
     ``confidence`` = mean foreground probability over the object's pixels, ``instance`` (one per object across the
     video, so the App edits the object as one track) and ``keyframe``: True for the objects in ``keyframes`` (the
     user's corrections of this field, kept as keyframes), False otherwise (as the App marks what it did not draw)."""
-    h, w = labels.shape
     dets = []
     for obj_id in sorted(probabilities):
         m = labels == obj_id
-        if not m.any():
-            continue
-        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        det = fo.Detection(
-            label=names.get(obj_id, "object"),
-            bounding_box=[x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h],
-            mask=m[y0:y1, x0:x1].copy(),
-            index=int(obj_id),
-            confidence=float(probabilities[obj_id][m].mean()),
-        )
-        if instances and obj_id in instances:
-            det.instance = fo.Instance(id=instances[obj_id].id)
-        det["keyframe"] = obj_id in keyframes
-        dets.append(det)
+        if m.any():
+            dets.append(object_detection(m, obj_id, names.get(obj_id, "object"),
+                                         float(probabilities[obj_id][m].mean()), (instances or {}).get(obj_id),
+                                         obj_id in keyframes))
     return fo.Detections(detections=dets)
 
 

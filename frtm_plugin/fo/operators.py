@@ -35,13 +35,17 @@ def _keyframes_found(ctx, name: str) -> str:
     view = ctx.target_view()
     kind = (ctx.dataset.get_frame_field_schema() or {})[name].document_type
     if kind is fo.Segmentation:
-        n = view.count(f"frames.{name}")
-        return f"{n} annotated frame(s) in {len(view.exists(f'frames.{name}'))} video(s)"
+        frames, videos = view.count(f"frames.{name}"), len(view.exists(f"frames.{name}"))
+        return f"{_n(frames, 'annotated frame')} in {_n(videos, 'video')}"
     items = "detections" if kind is fo.Detections else "polylines"
     total = view.count(f"frames.{name}.{items}")
     copies = view.count_values(f"frames.{name}.{items}.keyframe").get(False, 0)
-    return (f"{total - copies} keyframe label(s) in {len(view.exists(f'frames.{name}'))} video(s)"
-            + (f" ({copies} copies the App made between keyframes are ignored)" if copies else ""))
+    return (f"{_n(total - copies, 'keyframe label')} in {_n(len(view.exists(f'frames.{name}')), 'video')}"
+            + (f" (the {_n(copies, 'copy', 'copies')} the App made between keyframes are ignored)" if copies else ""))
+
+
+def _n(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else many or one + 's'}"
 
 
 def _progress_callback(ctx):

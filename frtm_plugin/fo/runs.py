@@ -64,14 +64,20 @@ def has_labels(dataset, field: str, frame_level: bool = True) -> bool:
     return dataset.count(path) > 0
 
 
+def _frame_outputs(label_field: str, store_instances: bool, store_heatmaps: bool) -> dict[str, str]:
+    """The frame fields a run writes: kind -> name."""
+    out = output_fields(label_field)
+    kinds = ("segmentation",) + (("instances",) if store_instances else ()) + (("heatmap",) if store_heatmaps else ())
+    return {k: out[k] for k in kinds}
+
+
 def check_not_prompt_or_ground_truth(dataset, prompt_field: str, label_field: str, store_instances: bool = True,
                                      store_heatmaps: bool = True) -> None:
     """Refuse, before anything is written, a run whose outputs would overwrite the prompts or an evaluation's
     ground truth (whatever ``force`` says)."""
     prompt_field = frame_field_name(prompt_field)
     out = output_fields(label_field)
-    kinds = ("segmentation",) + (("instances",) if store_instances else ()) + (("heatmap",) if store_heatmaps else ())
-    frame_outputs = {k: out[k] for k in kinds}
+    frame_outputs = _frame_outputs(label_field, store_instances, store_heatmaps)
     for kind, name in frame_outputs.items():
         if name == prompt_field:
             how = "is" if kind == "segmentation" else f"derives ('{out['segmentation']}' + '_{name.rsplit('_', 1)[1]}')"
@@ -88,8 +94,7 @@ def check_not_foreign(dataset, label_field: str, force: bool = False, store_inst
                       store_heatmaps: bool = True) -> None:
     """Refuse to replace labels in the output fields that no FRTM run wrote, unless ``force``."""
     out = output_fields(label_field)
-    kinds = ("segmentation",) + (("instances",) if store_instances else ()) + (("heatmap",) if store_heatmaps else ())
-    frame_outputs = {k: out[k] for k in kinds}
+    frame_outputs = _frame_outputs(label_field, store_instances, store_heatmaps)
     if force or run_key(label_field) in dataset.list_runs():
         return  # our own outputs (or the user said so): overwrite/resume rules apply
     foreign = [f"frames.{name}" for name in frame_outputs.values()
@@ -160,8 +165,8 @@ class FieldLock:
                  expire_s: float = 60.0):
         from fiftyone.core.odm import get_db_conn
 
-        self._coll = get_db_conn()[LOCK_COLLECTION]
         self._db = get_db_conn()
+        self._coll = self._db[LOCK_COLLECTION]
         self.field = frame_field_name(field)
         self.dataset_name = dataset.name
         self._id = f"{dataset._doc.id}:{self.field}"

@@ -25,8 +25,8 @@ import fiftyone as fo
 from .. import __version__
 from ..core.target_model import SolverConfig
 from ..core.tracker import DEFAULT_MAX_SIZE, TrackerConfig
-from .labels import (PROMPT_TYPES, frame_field_name, frame_field_type, instance_for, prompt_digest, read_prompts,
-                     to_detections, to_heatmap, to_segmentation)
+from .labels import (PROMPT_TYPES, frame_field_name, frame_field_type, instance_for, object_detection, prompt_digest,
+                     read_prompts, to_detections, to_heatmap, to_segmentation)
 from .runs import (PROMPTS_CHANGED, FieldLock, FieldLockLostError, check_not_foreign, check_not_prompt_or_ground_truth,
                    done_key, output_fields, redo_reason, run_key)
 from ..core.prompts import changed_spans, keyframe_digests
@@ -252,35 +252,28 @@ def _recompute_spans(job: _Job, sample, prompts, instances, spans: dict) -> int:
                 labels[new & ~annotated] = obj
             fr[out["segmentation"]] = to_segmentation(labels)
             if job.store_instances:
-                fr[out["instances"]] = _merge_detections(fr[out["instances"]], labels, obj, probabilities,
+                fr[out["instances"]] = _merge_detections(fr[out["instances"]], old, labels, obj, probabilities,
                                                          prompts, instances, index)
             rewritten.add(index)
         target.save()
     return len(rewritten)
 
 
-def _merge_detections(stored, labels: np.ndarray, obj: int, probabilities: dict, prompts, instances, index: int):
-    """The frame's detections after ``obj`` was recomputed: other objects' detections kept as stored unless their
-    pixels changed (then rebuilt, keeping their confidence), ``obj``'s rebuilt."""
+def _merge_detections(stored, old_labels, labels: np.ndarray, obj: int, probabilities: dict, prompts, instances,
+                      index: int) -> fo.Detections:
+    """The frame's detections after ``obj`` was recomputed: another object's detection is kept as stored unless its
+    pixels changed (then rebuilt with its stored confidence); ``obj``'s is rebuilt."""
     old = {d.index: d for d in (stored.detections if stored is not None else [])}
-    present = [int(i) for i in np.unique(labels) if i not in (0, 255)]
     dets = []
-    for i in present:
-        keep = old.get(i)
-        if i != obj and keep is not None and keep.mask is not None:
-            h, w = labels.shape
-            x, y, bw, bh = keep.bounding_box
-            x0, y0 = int(round(x * w)), int(round(y * h))
-            region = labels[y0:y0 + keep.mask.shape[0], x0:x0 + keep.mask.shape[1]] == i
-            if region.shape == keep.mask.shape and np.array_equal(region, keep.mask) and \
-                    (labels == i).sum() == keep.mask.sum():
-                dets.append(keep)  # untouched: byte for byte as stored
-                continue
-        prob = {i: probabilities[i]} if i == obj and i in probabilities else \
-            {i: np.full(labels.shape, keep.confidence if keep is not None and keep.confidence is not None else 1.0,
-                        np.float32)}
-        keyframed = [i] if (index, i) in prompts.corrections else []
-        dets.extend(to_detections(labels, prob, prompts.names, instances, keyframes=keyframed).detections)
+    for i in (int(v) for v in np.unique(labels) if v not in (0, 255)):
+        m = labels == i
+        if i != obj and i in old and old_labels is not None and np.array_equal(m, old_labels == i):
+            dets.append(old[i])  # untouched: as stored
+            continue
+        confidence = float(probabilities[i][m].mean()) if i == obj and i in probabilities else \
+            (old[i].confidence if i in old else None)
+        dets.append(object_detection(m, i, prompts.names.get(i, "object"), confidence, instances.get(i),
+                                     (index, i) in prompts.corrections))
     return fo.Detections(detections=dets)
 
 
