@@ -33,6 +33,7 @@ def _split(s: str | None) -> list[str] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .core.backbone import BACKBONE_NAMES
     from .core.tracker import DEFAULT_MAX_SIZE
 
     p = argparse.ArgumentParser(prog="frtm-vos", description="FRTM video object segmentation")
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resolution", default="480p")
     t.add_argument("--out", type=Path, required=True, help="output folder: <out>/<seq>/<frame>.png")
     t.add_argument("--model", default="default", help="default | d-only | path to a checkpoint (released format)")
-    t.add_argument("--backbone", choices=["resnet18", "resnet101", "mobilenet_v2"])
+    t.add_argument("--backbone", choices=BACKBONE_NAMES)
     t.add_argument("--num-aug", type=int, default=5, help="first-frame samples incl. the original; 1 = no augmentation")
     t.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     t.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE,

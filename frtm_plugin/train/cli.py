@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from ..core.backbone import BACKBONE_NAMES
+
 log = logging.getLogger("frtm_plugin.train")
 
 
@@ -55,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "for the J&F validation; excluded from training in both sources)")
     t.add_argument("--out", type=Path, required=True, help="output folder: checkpoints/, history.json, segnet.pth")
     t.add_argument("--cache", type=Path, default=None, help="cache folder (default $FRTM_CACHE or ~/.cache/frtm)")
-    t.add_argument("--backbone", default="mobilenet_v2", choices=("mobilenet_v2", "resnet18", "resnet101"))
+    t.add_argument("--backbone", default="mobilenet_v2", choices=BACKBONE_NAMES)
     t.add_argument("--target-layer", default="layer4", help="D's feature tap (mobilenet_v2: layer4 or layer4_expand)")
     t.add_argument("--size", type=int, nargs="+", default=[480, 854], metavar="N", help="training H W")
     t.add_argument("--crop", type=int, nargs="+", default=[288, 480], metavar="N",
