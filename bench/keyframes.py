@@ -7,8 +7,9 @@ On held-out DAVIS-2016 train videos (whole videos), with the default model at 85
   forward with the correction learned from 5 augmented samples, and forward with D refitted from scratch there;
 - middle: the middle frame's mask only, both directions;
 - box: the first frame's box only (box-to-mask), forward.
-J and F per frame as the DAVIS toolkit computes them; J&F = mean over frames of (J + F) / 2, over every frame but the
-annotated ones (so a middle-frame run is scored on the frames before it too), then over videos.
+J and F per frame as the DAVIS toolkit computes them, over the frames it scores (all but the first and the last) that
+are not annotated (so a middle-frame run is scored on the frames before it too); J&F = (mean J + mean F) / 2 per
+video, then the mean over videos.
 Not a test: prints a table (markdown) and writes the per-video rows as JSON lines next to it when --out is given.
 
     python bench/keyframes.py [--sequences bmx-bumps,...] [--max-frames N] [--out docs/keyframes.jsonl]
@@ -26,16 +27,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "davis2016-train-480p"
 HELD_OUT = "bmx-bumps,dog-agility,motorbike,rollerblade,soccerball"
+RUNS = ("baseline", "correction_forward", "correction_both_blend", "correction_both_nearest", "correction_forward_aug5",
+        "correction_forward_restart", "middle_both", "box_forward")
 
 
 def _score(gt: np.ndarray, pred: np.ndarray, skip: set[int]) -> tuple[float, float, list[float]]:
+    """Mean J, mean F over the frames not in ``skip``, and per-frame (J + F) / 2 (NaN on skipped frames)."""
     from frtm_plugin.metrics import db_eval_boundary_frames, db_eval_iou_frames
 
-    keep = [i for i in range(len(gt)) if i not in skip]
+    keep = [i for i in range(1, len(gt) - 1) if i not in skip]  # DAVIS drops the first and the last frame
     j = db_eval_iou_frames(gt[keep], pred[keep])
     f = db_eval_boundary_frames(gt[keep], pred[keep])
     per = np.full(len(gt), np.nan)
-    per[keep] = j
+    per[keep] = (j + f) / 2
     return float(np.mean(j)), float(np.mean(f)), per.tolist()
 
 
@@ -56,6 +60,13 @@ def main() -> None:
     p.add_argument("--out", type=Path)
     p.add_argument("--only", help="comma-separated run names (default: all)")
     args = p.parse_args()
+    only = set(args.only.split(",")) if args.only else set(RUNS)
+    unknown = only - set(RUNS)
+    if unknown:
+        p.error(f"unknown run(s) {sorted(unknown)}; choose from {RUNS}")
+
+    def wanted(key):
+        return key in only
 
     import torch
 
@@ -84,11 +95,9 @@ def main() -> None:
 
         base, s = _run(tracker, frames, {0: {1: gt[0]}})
         per = record("baseline", base, s, {0})
-        # the frame a user would correct first: the worst one where the object is clearly visible (a correction is
-        # a mask; a sliver of an object about to vanish is not what anyone corrects): at least 25 % of its median area
-        area = gt.sum(axis=(1, 2))
-        visible = [i for i in range(1, n - 1) if area[i] >= 0.25 * np.median(area[area > 0])]
-        worst = min(visible, key=lambda i: per[i])
+        # the frame the baseline got worst (J&F; the first of equals): its ground truth becomes a keyframe, an empty
+        # mask ("not visible here") where the object is hidden there
+        worst = min(range(1, n - 1), key=lambda i: per[i])
         row["corrected_frame"] = worst
         kf = {0: {1: gt[0]}, worst: {1: gt[worst]}}
         for key, direction, combine, aug in (("correction_forward", "forward", "blend", 1),
@@ -96,23 +105,25 @@ def main() -> None:
                                              ("correction_both_nearest", "both", "nearest", 1),
                                              ("correction_forward_aug5", "forward", "blend", 5),
                                              ("correction_forward_restart", "forward", "blend", "restart")):
-            pred, s = _run(trackers[aug], frames, kf, direction, combine)
-            record(key, pred, s, {0, worst})
+            if wanted(key):
+                pred, s = _run(trackers[aug], frames, kf, direction, combine)
+                record(key, pred, s, {0, worst})
         mid = n // 2
-        pred, s = _run(tracker, frames, {mid: {1: gt[mid]}}, "both")
-        record("middle_both", pred, s, {mid})
-        rows_, cols_ = np.flatnonzero(gt[0].any(1)), np.flatnonzero(gt[0].any(0))
-        box = BoxPrompt(int(cols_[0]), int(rows_[0]), int(cols_[-1]) + 1, int(rows_[-1]) + 1)
-        pred, s = _run(tracker, frames, {0: {1: box}})
-        record("box_forward", pred, s, {0})
+        if wanted("middle_both"):
+            pred, s = _run(tracker, frames, {mid: {1: gt[mid]}}, "both")
+            record("middle_both", pred, s, {mid})
+        if wanted("box_forward"):
+            rows_, cols_ = np.flatnonzero(gt[0].any(1)), np.flatnonzero(gt[0].any(0))
+            box = BoxPrompt(int(cols_[0]), int(rows_[0]), int(cols_[-1]) + 1, int(rows_[-1]) + 1)
+            pred, s = _run(tracker, frames, {0: {1: box}})
+            record("box_forward", pred, s, {0})
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.out:
             with open(args.out, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
 
-    keys = ["baseline", "correction_forward", "correction_both_blend", "correction_both_nearest",
-            "correction_forward_aug5", "correction_forward_restart", "middle_both", "box_forward"]
+    keys = [k for k in RUNS if k in rows[0]]
     print(f"\nmodel {args.model}, 854x480, CPU {torch.get_num_threads()} threads; J&F (x100) per video")
     print("| sequence | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 1) + "|")
@@ -122,8 +133,8 @@ def main() -> None:
     mean = {k: float(np.mean([r[k]["JF"] for r in rows])) for k in keys}
     print("| **mean** | " + " | ".join(f"**{100 * mean[k]:.1f}**" for k in keys) + " |")
     base = mean["baseline"]
-    print(f"\none correction (forward): {100 * (mean['correction_forward'] - base):+.1f} J&F; "
-          f"box-only / mask: {mean['box_forward'] / base:.2f}x; middle frame, both: {100 * mean['middle_both']:.1f}")
+    for k in keys[1:]:
+        print(f"{k}: {100 * (mean[k] - base):+.1f} J&F, {mean[k] / base:.2f}x the baseline")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ def __getattr__(name):
         from .fo import sdk
 
         return getattr(sdk, name)
+    if name in ("load_model", "FRTMVideoModel"):
+        from .fo import model
+
+        return getattr(model, name)
     if name in ("import_davis", "export_davis"):
         from .fo import dataio
 

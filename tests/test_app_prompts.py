@@ -210,3 +210,27 @@ def test_a_correction_made_on_the_output_in_the_app_is_a_keyframe_on_the_next_ru
         assert third.processed == []  # nothing changed since: skipped
     finally:
         ds.delete()
+
+
+def test_an_empty_mask_keyframe_says_not_visible_here(clip):
+    """A keyframe detection of a known instance with an all-zero mask marks the object hidden on that frame: no
+    output label there (the other frames keep theirs), and read as an empty keyframe."""
+    ds = _dataset("app-hidden", clip)
+    try:
+        gts = clip[1]
+        skater = fo.Instance()
+        s = ds.first()
+        s.frames[1]["prompts"] = fo.Detections(detections=[_app_detection(gts[0], skater, screen_scale=1.0)])
+        hidden = _app_detection(gts[3], skater, screen_scale=1.0)
+        hidden.mask = np.zeros_like(hidden.mask)
+        s.frames[4]["prompts"] = fo.Detections(detections=[hidden])
+        s.save()
+        kf = read_prompts(ds.first().frames.items(), "prompts", HW).keyframes
+        assert sorted(kf) == [0, 3] and not kf[3][1].any()
+        report = frtm_plugin.propagate(ds, "frames.prompts", "frtm", progress=False, **FAST)
+        assert report.keyframes[s.id] == 2 and not report.failed
+        labels = _labels(ds, "frtm")
+        assert not labels[3].any() and (labels[1] == 1).any() and (labels[2] == 1).any()
+        assert not ds.first().frames[4]["frtm_instances"].detections
+    finally:
+        fo.delete_dataset(ds.name)

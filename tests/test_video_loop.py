@@ -115,8 +115,8 @@ def test_bad_keyframes_fail_before_any_output(clip, tracker):
     frames, gts = clip
     with pytest.raises(ValueError, match="frame 3: the mask of object 1 is 480x850"):
         next(propagate_in_video(tracker, frames, {0: {1: gts[0]}, 3: {1: gts[3][:, :850]}}))
-    with pytest.raises(ValueError, match="frame 2: the mask of object 4 is empty"):
-        next(propagate_in_video(tracker, frames, {2: {4: np.zeros((480, 854), bool)}}))
+    with pytest.raises(ValueError, match="object 4 is annotated only with empty masks \\(frame 2"):
+        next(propagate_in_video(tracker, frames, {0: {1: gts[0]}, 2: {4: np.zeros((480, 854), bool)}}))
     with pytest.raises(ValueError, match="object ids must be integers in 1..254"):
         next(propagate_in_video(tracker, frames, {0: {255: gts[0]}}))
     with pytest.raises(ValueError, match="on frame 30 but the video has 12 frames"):
@@ -174,3 +174,44 @@ def test_restart_reanchoring_fits_a_new_target_model(clip):
     memory.step(frames[2], {1: gts[2]})
     assert memory.objects[1].start_frame == 0 and memory.objects[1].target_model is kept
     assert int(kept.memory.protected.sum()) == 1  # the correction, protected
+
+
+def test_a_not_visible_keyframe_hides_the_object_until_it_shows_again(davis_root):
+    """bmx-bumps: the rider vanishes behind the ramp on frame 60 (empty ground truth on 60 and 62..74) and comes
+    back. Marked "not visible" on frame 60, the object's output stays empty while it is hidden and returns with it;
+    its D learns nothing in between. Frames 52..85, the default model at its default size (854 px: the rule counts
+    D's score cells, so it needs the object at a size where it covers several)."""
+    from frtm_plugin.models import build_tracker
+
+    seq = load_sequence(davis_root, "bmx-bumps")
+    frames = [seq.read_frame(i) for i in range(52, 86)]
+    gts = [read_label_png(seq.annotation_paths[i]) > 0 for i in range(52, 86)]
+    assert not any(gts[i].any() for i in [8, *range(10, 23)]) and all(g.sum() > 5000 for g in gts[28:])
+    tr = build_tracker("default")[0]
+    _, by = _run(tr, frames, {0: {1: gts[0]}, 8: {1: gts[8]}})  # gts[8] is empty: "not visible here"
+    assert by[8].keyframe_objects == (1,) and not by[8].labels.any()
+    assert not any(by[i].labels.any() for i in range(9, 23))  # hidden, where S alone paints the ramp (below)
+    back = [iou(by[i].labels == 1, gts[i]) for i in range(28, 34)]
+    assert np.mean(back) > 0.5, back  # found again once it shows
+    _, plain = _run(tr, frames, {0: {1: gts[0]}})
+    assert sum(plain[i].labels.any() for i in range(9, 23)) >= 10  # without the keyframe: false masks there
+
+    tr.reset()
+    tr.step(frames[0], {1: gts[0]})
+    tr.step(frames[8], {1: gts[8]})
+    memory = tr.objects[1].target_model.memory
+    filled, weights = memory.count, memory.weights.clone()
+    out = tr.step(frames[12])  # hidden: no output, nothing stored
+    assert not out.labels.any() and tr.objects[1].hidden
+    assert torch.equal(memory.weights, weights) and memory.count == filled
+
+
+def test_not_visible_keyframes_of_an_object_not_started_are_waited_out(clip, tracker):
+    frames, gts = clip
+    empty = np.zeros_like(gts[0])
+    for direction in ("forward", "both"):
+        _, by = _run(tracker, frames, {0: {1: empty}, 3: {1: gts[3]}}, direction=direction)
+        assert not by[0].labels.any() and np.array_equal(by[3].labels == 1, gts[3])
+        assert (by[6].labels == 1).any()
+        if direction == "both":
+            assert (by[1].labels == 1).any()  # the backward pass from frame 3 fills 1..2, the keyframe 0 stays empty

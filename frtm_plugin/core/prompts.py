@@ -2,7 +2,9 @@
 
 A prompt set is a ``Keyframes`` mapping: frame index (0-based) -> {object id: bool mask at the frame's size, or a
 :class:`~.box_prompt.BoxPrompt` that the video loop turns into a mask on that frame}.
-Every (object, frame) in it is a keyframe: the output there is the mask, exactly. Object ids are 1..254 (0 is the
+Every (object, frame) in it is a keyframe: the output there is the mask, exactly. An **empty** mask says the object
+is not visible on that frame (hidden, out of view): its output there is empty and its target model learns the frame
+as background; every object needs at least one non-empty keyframe. Object ids are 1..254 (0 is the
 background, 255 the void of DAVIS label maps). A mask may be off by one pixel in each dimension (a rounding artefact
 of some annotation tools): it is padded or cropped; anything more is an error.
 
@@ -68,30 +70,41 @@ def keyframes_from_label_maps(label_maps: Mapping[int, np.ndarray]) -> Keyframes
     return out
 
 
+def is_absent(mask) -> bool:
+    """An empty mask keyframe: the object is annotated as not visible on that frame."""
+    return isinstance(mask, np.ndarray) and not mask.any()
+
+
+def visible_objects(frame: Mapping[int, object] | None) -> dict[int, object]:
+    """The objects of one keyframe that are annotated as visible (masks with a pixel, and boxes)."""
+    return {obj: m for obj, m in (frame or {}).items() if not is_absent(m)}
+
+
 def first_appearances(keyframes: Keyframes) -> Keyframes:
     """The benchmark protocol: each object's mask on the first frame where it appears; later ones dropped."""
     seen: set[int] = set()
     out = {}
     for index in sorted(keyframes):
-        new = {i: m for i, m in keyframes[index].items() if i not in seen}
+        new = {i: m for i, m in visible_objects(keyframes[index]).items() if i not in seen}
         if new:
             out[index] = new
             seen |= set(new)
     return out
 
 
-def object_keyframes(keyframes: Keyframes) -> dict[int, list[int]]:
-    """Object id -> the sorted frame indices where it is annotated."""
+def object_keyframes(keyframes: Keyframes, visible_only: bool = False) -> dict[int, list[int]]:
+    """Object id -> the sorted frame indices where it is annotated (``visible_only``: where it is annotated visible)."""
     out: dict[int, list[int]] = {}
     for index in sorted(keyframes):
-        for obj_id in keyframes[index]:
+        for obj_id in (visible_objects(keyframes[index]) if visible_only else keyframes[index]):
             out.setdefault(obj_id, []).append(index)
     return out
 
 
 def check_keyframes(keyframes: Keyframes, frame_hw: tuple[int, int]) -> Keyframes:
-    """Every id valid and every mask fitted to the frame size and non-empty, before anything runs: a bad prompt
-    fails with the frame and object it concerns, not halfway through a video."""
+    """Every id valid and every mask fitted to the frame size, before anything runs: a bad prompt fails with the
+    frame and object it concerns, not halfway through a video. Empty masks are kept (the object is not visible
+    there); :func:`check_visible` asks that each object be visible somewhere."""
     out = {}
     for index in sorted(keyframes):
         if int(index) != index or index < 0:
@@ -110,13 +123,21 @@ def check_keyframes(keyframes: Keyframes, frame_hw: tuple[int, int]) -> Keyframe
                 m = fit_mask(mask, frame_hw, obj)
             except ValueError as e:
                 raise ValueError(f"frame {index}: {e}") from None
-            if not m.any():
-                raise ValueError(f"frame {index}: the mask of object {obj} is empty; an annotated object needs at "
-                                 "least one foreground pixel")
             frame[obj] = m
         if frame:
             out[int(index)] = frame
     return out
+
+
+def check_visible(keyframes: Keyframes) -> None:
+    """Every object is annotated visible on at least one frame (an object annotated only as absent has nothing to
+    follow)."""
+    visible = set(object_keyframes(keyframes, visible_only=True))
+    for obj, frames in sorted(object_keyframes(keyframes).items()):
+        if obj not in visible:
+            shown = ", ".join(str(f) for f in frames[:5]) + (", ..." if len(frames) > 5 else "")
+            raise ValueError(f"object {obj} is annotated only with empty masks (frame {shown}: 'not visible "
+                             "here'); give its mask on at least one frame where it shows")
 
 
 def keyframe_digests(keyframes: Keyframes) -> dict[str, str]:

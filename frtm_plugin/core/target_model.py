@@ -35,6 +35,7 @@ class SolverConfig:
     # samples take this share of the memory's weight, are never replaced, and W2 is refitted with these CG steps.
     reanchor_share: float = 0.8  # measured: 0.8 >= 0.5 on each of 5 held-out videos (docs/keyframes.md)
     reanchor_cg_iters: tuple[int, ...] = (10, 10)
+    absent_share: float = 0.8  # the same for a keyframe that says the object is not visible (an empty mask)
     max_protected_share: float = 0.5  # of the memory's slots; the oldest keyframes' samples are released first
 
 
@@ -246,7 +247,8 @@ class TargetModel:
         stencil, target = ops.stencil_precompute(labels, pixel_weights, features.shape[-2:])
         x = features.to(self.w1.dtype).permute(1, 0, 2, 3).contiguous()
         max_protected = max(features.shape[0], int(cfg.max_protected_share * cfg.memory_size))
-        self.memory.insert_keyframe(self._project_all(x), stencil, target, cfg.reanchor_share, max_protected)
+        share = cfg.reanchor_share if bool((labels > 0.5).any()) else cfg.absent_share
+        self.memory.insert_keyframe(self._project_all(x), stencil, target, share, max_protected)
         self._refit_filter(cfg.reanchor_cg_iters)
 
     def _refit_filter(self, cg_iters: tuple[int, ...] | None = None) -> None:

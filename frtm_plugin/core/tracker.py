@@ -48,6 +48,10 @@ class TrackerConfig:
     # "memory": a later keyframe enters D's memory as a protected sample and W2 is refitted; "restart": D is fitted
     # anew on it, as on a first frame (num_aug samples), and the object's history is dropped
     reanchor: str = "memory"
+    # After a keyframe that says an object is not visible, its output stays empty (and D learns nothing) until D
+    # scores above 0.5 on at least this fraction of the cells its mask covered at its last visible keyframe: S alone
+    # would paint something on every frame from D's faint leftovers (bmx-bumps behind the ramp, docs/keyframes.md).
+    reappear_fraction: float = 0.25
 
 
 @dataclass
@@ -62,6 +66,8 @@ class StepOutput:
 class _Object:
     target_model: TargetModel
     start_frame: int
+    visible_cells: float = 0.0  # the object's size at its last visible keyframe, in D's score cells
+    hidden: bool = False  # annotated "not visible" and not seen again since
 
 
 def inference_size(hw: tuple[int, int], max_size: int | None) -> tuple[int, int]:
@@ -109,7 +115,8 @@ class FRTMTracker:
     def step(self, image, new_masks: dict[int, object] | None = None, *, frame_hw=None) -> StepOutput:
         """Process the next frame. ``image``: (H, W, 3) uint8 RGB. ``new_masks``: masks of the objects annotated on
         this frame, at the frame's size: an object not yet tracked starts there; a tracked one is re-anchored (its
-        D learns the mask as a protected sample) and its output there is the mask. ``frame_hw``: the frame's own
+        D learns the mask as a protected sample) and its output there is the mask. An empty mask says the object is
+        not visible on this frame: a tracked object's D learns the frame as background; an untracked one waits. ``frame_hw``: the frame's own
         size when ``image`` was already shrunk by :meth:`shrink` (outputs come back at ``frame_hw``)."""
         image = self._check_image(image)
         index = self.frame_index + 1  # committed at the end: a step that raises leaves the tracker as it was
@@ -123,6 +130,8 @@ class FRTMTracker:
                                  f"at max_size {self.config.max_size}: pass tracker.shrink(frame)")
         hw = image.shape[:2]
         prompts, full_prompts = self._prepare_prompts(new_masks or {}, full_hw, hw, index)
+        for obj_id in [i for i, m in prompts.items() if i not in self.objects and not m.any()]:
+            del prompts[obj_id], full_prompts[obj_id]  # "not visible here" for an object not started yet: nothing to do
         if not self.objects and not prompts:
             raise ValueError("no object to track: give the masks of the objects to follow on the frame where each "
                              "first appears (new_masks={obj_id: mask})")
@@ -138,8 +147,13 @@ class FRTMTracker:
             feats = self.backbone(self._to_tensor(image)[None], layers=layers)
             target_feat = feats[self.backbone.target_layer][0]
             for obj_id in tracked:
-                h, s = self.objects[obj_id].target_model.predict(target_feat)
+                obj = self.objects[obj_id]
+                h, s = obj.target_model.predict(target_feat)
                 projected[obj_id], coarse[obj_id] = h, s
+                if obj.hidden and int((s > 0.5).sum()) < max(1.0, self.config.reappear_fraction * obj.visible_cells):
+                    probs[obj_id] = torch.zeros(hw, device=self.device)
+                    continue
+                obj.hidden = False
                 probs[obj_id] = self._probability(s, feats, hw)
 
         for obj_id, mask in prompts.items():
@@ -147,6 +161,10 @@ class FRTMTracker:
                 self._reanchor(obj_id, image, mask, target_feat, index)
             else:
                 self._start_object(obj_id, image, mask, target_feat, index)
+            obj = self.objects[obj_id]
+            obj.hidden = not mask.any()
+            if not obj.hidden:
+                obj.visible_cells = float(mask.sum()) / self.backbone.stride ** 2
             probs[obj_id] = torch.from_numpy(mask).to(self.device, torch.float32)
         if prompts and tracked:
             keep = 1.0 - torch.stack([probs[i] for i in prompts]).amax(dim=0)
@@ -208,7 +226,7 @@ class FRTMTracker:
             full[obj_id] = m
             if hw != full_hw:
                 small = cv2.resize(m.astype(np.uint8), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST) > 0
-                if not small.any():  # a sliver that vanished when shrinking: keep its nearest pixel rather than fail
+                if m.any() and not small.any():  # a sliver that vanished when shrinking: keep its nearest pixel rather than fail
                     ys, xs = np.nonzero(m)
                     small[int(ys[0] * hw[0] / full_hw[0]), int(xs[0] * hw[1] / full_hw[1])] = True
                 m = small
@@ -218,7 +236,10 @@ class FRTMTracker:
     def _keyframe_samples(self, obj_id: int, image: np.ndarray, mask: np.ndarray, frame_feature, num_aug: int):
         """Target-layer features and labels of a keyframe and its augmented copies (sample 0: the frame itself,
         whose features are reused when already computed)."""
-        images, labels = augment_first_frame(image, mask, num_aug=num_aug, seed=self.config.seed + obj_id)
+        if num_aug == 1:
+            images, labels = image[None], np.asarray(mask, np.float32)[None]
+        else:
+            images, labels = augment_first_frame(image, mask, num_aug=num_aug, seed=self.config.seed + obj_id)
         layer = self.backbone.target_layer
         first = 1 if frame_feature is not None else 0
         parts = [frame_feature[None]] if frame_feature is not None else []
@@ -228,10 +249,13 @@ class FRTMTracker:
         return torch.cat(parts), torch.from_numpy(labels).to(self.device)
 
     def _reanchor(self, obj_id: int, image: np.ndarray, mask: np.ndarray, frame_feature, index: int) -> None:
-        if self.config.reanchor == "restart":
+        visible = bool(mask.any())
+        if self.config.reanchor == "restart" and visible:
             self._start_object(obj_id, image, mask, frame_feature, index)
             return
-        feats, labels = self._keyframe_samples(obj_id, image, mask, frame_feature, self.config.reanchor_aug)
+        # "not visible here": the frame alone, all background (augmenting an empty target adds nothing)
+        num_aug = self.config.reanchor_aug if visible else 1
+        feats, labels = self._keyframe_samples(obj_id, image, mask, frame_feature, num_aug)
         self.objects[obj_id].target_model.reanchor(feats, labels)
 
     def _start_object(self, obj_id: int, image: np.ndarray, mask: np.ndarray, frame_feature, index: int) -> None:

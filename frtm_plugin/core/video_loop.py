@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .box_prompt import BoxPrompt, box_to_mask
-from .prompts import Keyframes, check_keyframes, object_keyframes
+from .prompts import Keyframes, check_keyframes, check_visible, object_keyframes, visible_objects
 
 DIRECTIONS = ("forward", "both")
 COMBINE_MODES = ("blend", "nearest")
@@ -78,13 +78,15 @@ def propagate_in_video(tracker, frames: Iterable[np.ndarray], keyframes: Keyfram
     except StopIteration:
         raise ValueError("the video holds no frame") from None
     keyframes = check_keyframes(keyframes, first.shape[:2])
+    check_visible(keyframes)
     tracker.reset()
 
     def all_frames():
         yield first
         yield from frames
 
-    if direction == "forward" or max(keyframes) == 0:  # all keyframes on the first frame: nothing to go back to
+    last_visible = max(f[-1] for f in object_keyframes(keyframes, visible_only=True).values())
+    if direction == "forward" or last_visible == 0:  # every object shows only on the first frame: nothing to go back to
         yield from _forward_only(tracker, all_frames(), keyframes)
     else:
         with tempfile.TemporaryDirectory(prefix="frtm-both-", dir=work_dir) as tmp:
@@ -106,7 +108,7 @@ def _forward_only(tracker, frames, keyframes: Keyframes) -> Iterator[FrameOutput
     for index, frame in enumerate(frames):
         _masks_from_boxes(keyframes, index, frame, tracker.config.seed)
         given = keyframes.get(index)
-        if not tracker.objects and not given:
+        if not tracker.objects and not visible_objects(given):
             yield _empty(index, frame.shape[:2])
             continue
         yield _to_output(index, tracker.step(frame, given), given or ())
@@ -132,8 +134,8 @@ class _DiskFrames:
 
 
 def _both(tracker, frames, keyframes: Keyframes, combine: str, tmp: Path) -> Iterator[FrameOutput]:
-    spans = object_keyframes(keyframes)
-    first_kf, last_kf = min(keyframes), max(keyframes)
+    spans = object_keyframes(keyframes, visible_only=True)  # "not visible" keyframes anchor no pass
+    first_kf, last_kf = min(k[0] for k in spans.values()), max(k[-1] for k in spans.values())
     cached = _DiskFrames(tmp / "frames.npy", last_kf + 1, np.uint8)
     # Forward probabilities a backward pass will meet: frames first_kf..last_kf, objects in slots (float32: where
     # only the forward pass counts, the output equals forward mode exactly).
@@ -156,7 +158,7 @@ def _both(tracker, frames, keyframes: Keyframes, combine: str, tmp: Path) -> Ite
         given = keyframes.get(index)
         step = tracker.step(small, given, frame_hw=full_hw)
         if index > last_kf:
-            yield _to_output(index, step, ())
+            yield _to_output(index, step, given or ())
             continue
         probs = step.inference_probabilities
         block = np.zeros((len(slot), *small.shape[:2]), np.float32)
