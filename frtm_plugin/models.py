@@ -20,6 +20,15 @@ log = logging.getLogger(__name__)
 
 PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights"
 DEFAULT_CHECKPOINT = PACKAGE_WEIGHTS / "frtm_mobilenet_v2_davis16.pth"
+#: the FiftyOne zoo's names (manifest.json at the repository root) -> the shipped checkpoints
+ZOO_MODELS = {"frtm-vos-default": DEFAULT_CHECKPOINT}
+
+
+def zoo_checkpoint(zoo_name: str) -> Path:
+    """The packaged checkpoint of a zoo model name (what the zoo source's ``download_model`` copies)."""
+    if zoo_name not in ZOO_MODELS:
+        raise ValueError(f"unknown FRTM zoo model {zoo_name!r}; this version ships {sorted(ZOO_MODELS)}")
+    return ZOO_MODELS[zoo_name]
 DEFAULT_BACKBONE = "mobilenet_v2"
 
 

@@ -76,3 +76,40 @@ def test_bad_options_and_missing_prompt_field_say_what_to_do(demo_clip):
         assert not ds.has_frame_field("x")
     finally:
         fo.delete_dataset(ds.name)
+
+
+def test_zoo_source_registers_and_loads_from_this_checkout(tmp_path, monkeypatch):
+    """The checkout as a remotely-sourced zoo source: an archive of it served over HTTP on localhost (a URL source,
+    as users register a GitHub repository), registered into a scratch zoo folder, then loaded by name."""
+    import functools
+    import http.server
+    import json
+    import tarfile
+    import threading
+    from pathlib import Path
+
+    import fiftyone.zoo as foz
+
+    root = Path(__file__).resolve().parents[1]
+    manifest = json.loads((root / "manifest.json").read_text())
+    names = [m["base_name"] for m in manifest["models"]]
+    assert names == ["frtm-vos-default"]
+    archive = tmp_path / "serve" / "frtm-vos.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("manifest.json", "__init__.py", "fiftyone.yml"):
+            tar.add(root / name, arcname=f"frtm-vos/{name}")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(archive.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(fo.config, "model_zoo_dir", str(tmp_path / "zoo"))
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{archive.name}"
+        foz.register_zoo_model_source(url)
+        assert url in foz.list_zoo_model_sources()
+        assert "frtm-vos-default" in foz.list_zoo_models(source=url)
+        model = foz.load_zoo_model("frtm-vos-default", max_size=256, prompt_field="frames.prompts")
+        assert model.media_type == "video" and model.needs_fields == {"prompt_field": "frames.prompts"}
+        assert model.info.segnet_path.endswith("frtm_mobilenet_v2_davis16.pth")
+    finally:
+        server.shutdown()
