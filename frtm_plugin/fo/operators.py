@@ -44,6 +44,13 @@ def _keyframes_found(ctx, name: str) -> str:
             + (f" (the {_n(copies, 'copy', 'copies')} the App made between keyframes are ignored)" if copies else ""))
 
 
+def _shards(ctx) -> int:
+    try:
+        return max(1, int(ctx.params.get("shards") or 1)) if ctx.params.get("delegate") else 1
+    except (TypeError, ValueError):
+        return 1
+
+
 def _n(count: int, one: str, many: str | None = None) -> str:
     return f"{count} {one if count == 1 else many or one + 's'}"
 
@@ -57,8 +64,11 @@ def _progress_callback(ctx):
 class PropagateOperator(foo.Operator):
     @property
     def config(self):
+        # allow_distributed_execution: FiftyOne Enterprise may split the run itself (open source ignores it; there
+        # the form's "Shards" queues that many delegated operations over disjoint videos)
         return foo.OperatorConfig(name="propagate", label="FRTM: propagate masks through videos", dynamic=True,
-                                  allow_immediate_execution=True, allow_delegated_execution=True)
+                                  allow_immediate_execution=True, allow_delegated_execution=True,
+                                  allow_distributed_execution=True)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -117,10 +127,18 @@ class PropagateOperator(foo.Operator):
                                 "prompt field or an evaluation's ground truth)")
         inputs.bool("delegate", default=False, label="Delegate",
                     description="Run in a delegated worker (recommended for whole datasets)")
+        if ctx.params.get("delegate"):
+            inputs.int("shards", default=1, label="Shards", min=1,
+                       description="Queue this many delegated operations over disjoint videos (balanced by frames), "
+                                   "for as many `fiftyone delegated launch` workers on this database (docs/scale.md)")
+            if (ctx.params.get("shards") or 1) < 1:
+                inputs.view("bad_shards", types.Warning(label="Shards must be at least 1"), invalid=True,
+                            error_message="shards must be at least 1")
         return types.Property(inputs, view=types.View(label="FRTM: propagate masks"))
 
     def resolve_delegation(self, ctx):
-        return bool(ctx.params.get("delegate", False))
+        # a sharded request only queues its shards (each one delegated): that part runs at once
+        return bool(ctx.params.get("delegate", False)) and _shards(ctx) == 1
 
     def execute(self, ctx):
         p = ctx.params
@@ -131,11 +149,20 @@ class PropagateOperator(foo.Operator):
 
         max_size = p.get("max_size")
         max_size = None if max_size == 0 else (max_size or DEFAULT_MAX_SIZE)  # 0: full resolution; empty: default
-        report = sdk.propagate(ctx.target_view(), p["prompt_field"], p.get("label_field", "frtm"), model=model,
+        shard = p.get("shard")
+        samples = ctx.dataset.select(shard["sample_ids"], ordered=True) if shard else ctx.target_view()
+        if not shard and _shards(ctx) > 1:
+            # fail now on bad fields, not in each worker
+            sdk.check_request(samples, p["prompt_field"], p.get("label_field", "frtm"), force=bool(p.get("force")))
+            params = {k: v for k, v in p.items() if k not in ("delegate", "shards")}
+            queued = sdk.queue_shards(samples, params, _shards(ctx), self.uri)
+            return {"queued": len(queued["operations"]), "videos_per_shard": queued["videos"],
+                    "shard_run": queued["run"]}
+        report = sdk.propagate(samples, p["prompt_field"], p.get("label_field", "frtm"), model=model,
                                max_size=max_size, store_heatmaps=bool(p.get("store_heatmaps")),
                                direction=p.get("direction", "both"),
                                overwrite=bool(p.get("overwrite")), force=bool(p.get("force")),
-                               progress=_progress_callback(ctx))
+                               progress=_progress_callback(ctx), shard=shard)
         if not ctx.delegated:
             ctx.trigger("reload_dataset")
         return {"processed": len(report.processed), "skipped": len(report.skipped), "failed": report.failed,
@@ -152,6 +179,9 @@ class PropagateOperator(foo.Operator):
         outputs.int("frames", label="Frames written (only what changed, after a correction)")
         outputs.obj("reasons", label="Why each video was (re)computed")
         outputs.float("fps", label="FPS")
+        outputs.int("queued", label="Delegated operations queued (shards)")
+        outputs.list("videos_per_shard", types.Number(), label="Videos per shard")
+        outputs.str("shard_run", label="Sharded run id")
         return types.Property(outputs)
 
 

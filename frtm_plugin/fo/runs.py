@@ -4,7 +4,8 @@
   evaluation's ground truth; :func:`check_not_foreign`: they never replace labels this plugin did not write
   (unless forced).
 - :class:`FieldLock`: a run claims its output field in the database (owner, start time, heartbeat), so two runs
-  never write one field at once; a claim whose owner died is taken over.
+  never write one field at once; a claim whose owner died is taken over. The shards of one sharded run (disjoint
+  videos, several workers) claim the field together, each its own part.
 - :func:`done_key` / :func:`redo_reason`: a video counts as done only for the configuration **and** the prompts it
   was propagated with.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -26,6 +28,7 @@ from .labels import frame_field_name, frame_field_type
 log = logging.getLogger(__name__)
 
 LOCK_COLLECTION = "frtm_field_locks"
+SHARD_COLLECTION = "frtm_shards"
 
 
 def run_key(label_field: str) -> str:
@@ -159,17 +162,22 @@ class FieldLock:
     renews every ``heartbeat_s`` seconds, stamped with the database server's clock (machines' clocks may differ).
     Another run finding the claim waits up to ``wait_s`` seconds for it, then refuses. A claim is stale, and taken
     over, when its heartbeat is older than ``expire_s`` or when its owner was a process on this host that no longer
-    exists (a killed worker)."""
+    exists (a killed worker).
+
+    ``group`` / ``member``: the shards of one sharded run (``group`` = its id, ``member`` = the shard's index) hold
+    the field together: each claims its own part, they exclude every other run and each other's part only."""
 
     def __init__(self, dataset, field: str, description: str = "", heartbeat_s: float = 10.0,
-                 expire_s: float = 60.0):
+                 expire_s: float = 60.0, group: str | None = None, member: int | None = None):
         from fiftyone.core.odm import get_db_conn
 
         self._db = get_db_conn()
         self._coll = self._db[LOCK_COLLECTION]
         self.field = frame_field_name(field)
         self.dataset_name = dataset.name
-        self._id = f"{dataset._doc.id}:{self.field}"
+        self._key = f"{dataset._doc.id}:{self.field}"
+        self.group = group
+        self._id = self._key if group is None else f"{self._key}#{group}/{member}"
         self.owner = uuid.uuid4().hex
         self.description = description
         self.heartbeat_s, self.expire_s = heartbeat_s, expire_s
@@ -184,21 +192,26 @@ class FieldLock:
 
         deadline = time.monotonic() + max(0.0, wait_s)
         while True:
-            doc = {"_id": self._id, "owner": self.owner, "dataset": self.dataset_name, "field": self.field,
-                   "host": socket.gethostname(), "pid": os.getpid(), "description": self.description,
-                   "started": datetime.now(timezone.utc)}
+            doc = {"_id": self._id, "key": self._key, "group": self.group, "owner": self.owner,
+                   "dataset": self.dataset_name, "field": self.field, "host": socket.gethostname(),
+                   "pid": os.getpid(), "description": self.description, "started": datetime.now(timezone.utc)}
             try:
                 self._coll.insert_one(doc)
                 self._coll.update_one({"_id": self._id}, {"$currentDate": {"heartbeat": True}})
-                break
+                held = self._conflict()
+                if held is None:
+                    break
+                # another run holds the field under another claim: step back, then take it over or wait
+                self._coll.delete_one({"_id": self._id, "owner": self.owner})
             except DuplicateKeyError:
                 held = self._coll.find_one({"_id": self._id})
                 if held is None:
                     continue  # released between the two calls
+            if held is not None:
                 stale = self._stale_because(held)
                 if stale:
                     # compare-and-delete: only the claim seen stale, never one renewed or replaced meanwhile
-                    if self._coll.delete_one({"_id": self._id, "owner": held["owner"],
+                    if self._coll.delete_one({"_id": held["_id"], "owner": held["owner"],
                                               "heartbeat": held.get("heartbeat")}).deleted_count:
                         log.warning("taking over the claim on 'frames.%s' of %s (pid %s): %s", self.field,
                                     held.get("host"), held.get("pid"), stale)
@@ -234,9 +247,17 @@ class FieldLock:
         """The current claim on a field (None when free): owner host, pid, description, start and heartbeat."""
         from fiftyone.core.odm import get_db_conn
 
-        return get_db_conn()[LOCK_COLLECTION].find_one({"_id": f"{dataset._doc.id}:{frame_field_name(field)}"})
+        key = f"{dataset._doc.id}:{frame_field_name(field)}"
+        return get_db_conn()[LOCK_COLLECTION].find_one({"$or": [{"_id": key}, {"key": key}]})
 
     # -- internals
+    def _conflict(self) -> dict | None:
+        """Another claim on this field that this one may not share (any, unless both are shards of one run)."""
+        others = {"$or": [{"_id": self._key}, {"key": self._key}], "_id": {"$ne": self._id}}
+        if self.group is not None:
+            others["group"] = {"$ne": self.group}
+        return self._coll.find_one(others)
+
     def _server_now(self) -> datetime:
         return self._db.command("hello")["localTime"]
 
@@ -271,3 +292,52 @@ class FieldLock:
             if res.matched_count == 0:
                 self.lost = True
                 return
+
+
+# -- the shards of a sharded run ------------------------------------------------------------------------------------
+
+def split_for_shards(ids: list[str], frame_counts: list[int | None], shards: int) -> list[list[str]]:
+    """Disjoint parts of ``ids`` for ``shards`` workers, balanced by frames (longest video first to the least
+    loaded part; an unknown count weighs as the mean). Empty parts are dropped; each part keeps the view's order."""
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    known = [c for c in frame_counts if c]
+    mean = sum(known) / len(known) if known else 1
+    weight = {i: (c or mean) for i, c in zip(ids, frame_counts)}
+    order = {i: k for k, i in enumerate(ids)}
+    parts: list[list[str]] = [[] for _ in range(min(shards, len(ids)))]
+    load = [0.0] * len(parts)
+    for i in sorted(ids, key=lambda i: -weight[i]):
+        k = min(range(len(parts)), key=lambda j: (load[j], j))
+        parts[k].append(i)
+        load[k] += weight[i]
+    return [sorted(p, key=order.get) for p in parts if p]
+
+
+def record_shard(dataset, field: str, shard: dict, state: str, report=None) -> None:
+    """One shard's state (queued, running, done, interrupted, taken over), its worker and its counts, in the
+    database: each shard writes only its own document, so shards running at once never overwrite each other."""
+    from fiftyone.core.odm import get_db_conn
+
+    doc = {"dataset": dataset.name, "field": frame_field_name(field), "run": shard["run"], "index": shard["index"],
+           "count": shard["count"], "videos": len(shard.get("sample_ids") or []), "state": state,
+           "host": socket.gethostname(), "pid": os.getpid()}
+    if report is not None:
+        doc.update(processed=len(report.processed), skipped=len(report.skipped), failed=len(report.failed),
+                   frames=report.frames)
+    _id = f"{dataset._doc.id}:{frame_field_name(field)}#{shard['run']}/{shard['index']}"
+    stamps = {"updated": True}  # the database server's clock (workers' clocks may differ)
+    if state == "running":
+        stamps["started"] = True
+    elif state != "queued":
+        stamps["finished"] = True
+    get_db_conn()[SHARD_COLLECTION].update_one({"_id": _id}, {"$set": doc, "$currentDate": stamps}, upsert=True)
+
+
+def shard_states(dataset, field: str, run: str) -> list[dict]:
+    """Every shard of the sharded run ``run`` into ``field``, by index."""
+    from fiftyone.core.odm import get_db_conn
+
+    prefix = f"{dataset._doc.id}:{frame_field_name(field)}#{run}/"
+    docs = get_db_conn()[SHARD_COLLECTION].find({"_id": {"$regex": "^" + re.escape(prefix)}})
+    return sorted(({k: v for k, v in d.items() if k != "_id"} for d in docs), key=lambda d: d["index"])

@@ -28,7 +28,7 @@ from ..core.tracker import DEFAULT_MAX_SIZE, TrackerConfig
 from .labels import (PROMPT_TYPES, frame_field_name, frame_field_type, instance_for, object_detection, prompt_digest,
                      read_prompts, to_detections, to_heatmap, to_segmentation)
 from .runs import (PROMPTS_CHANGED, FieldLock, FieldLockLostError, check_not_foreign, check_not_prompt_or_ground_truth,
-                   done_key, output_fields, redo_reason, run_key)
+                   done_key, output_fields, record_shard, redo_reason, run_key, shard_states, split_for_shards)
 from ..core.prompts import changed_spans, keyframe_digests
 from ..io.video import TruncatedVideoError, VideoReadError, iter_video_frames
 
@@ -137,6 +137,7 @@ class _Job:
     lock: FieldLock
     direction: str
     combine: str
+    shard: dict | None = None
 
 
 def _propagate_one(job: _Job, sample, key: str, on_frame, previous_keyframes: dict | None = None) -> tuple[int, int]:
@@ -282,7 +283,7 @@ def propagate(samples, prompt_field: str, label_field: str, model: str = "defaul
               merge: str = "released", store_instances: bool = True, store_heatmaps: bool = False,
               overwrite: bool = False, force: bool = False, lock_wait: float = 0.0, seed: int = 0,
               direction: str = "both", combine: str = "blend", chunk_frames: int = 64,
-              progress=True) -> PropagationReport:
+              progress=True, shard: dict | None = None) -> PropagationReport:
     """Propagate each video's prompts through the whole video and store the results as frame labels.
 
     ``prompt_field``: a frame-level ``Segmentation`` (object ids as pixel values), ``Detections`` (masks of any
@@ -307,6 +308,9 @@ def propagate(samples, prompt_field: str, label_field: str, model: str = "defaul
     - The run claims ``label_field`` in the database for its duration: a second run into the same field waits up to
       ``lock_wait`` seconds, then refuses (a claim whose run died is taken over).
     - ``progress``: True for a progress bar, False for none, or a callable ``f(fraction, message)``.
+    - ``shard``: ``{"run": id, "index": i, "count": n}`` when this call is one of the ``n`` shards of one sharded run
+      (:func:`queue_shards`; each over its own videos): the shards claim the field together and each records its
+      state (:func:`shard_states`).
 
     A video with no prompt, an unreadable video or a mask of the wrong size is reported and skipped; a video that
     ends before its declared frame count keeps the frames it had but is reported failed and never marked done.
@@ -331,7 +335,8 @@ def propagate(samples, prompt_field: str, label_field: str, model: str = "defaul
     run_hash = config_hash(run_config)
     dataset = samples._dataset
 
-    lock = FieldLock(dataset, label_field, description=info.describe()).acquire(wait_s=lock_wait)
+    lock = FieldLock(dataset, label_field, description=info.describe(), group=shard["run"] if shard else None,
+                     member=shard["index"] if shard else None).acquire(wait_s=lock_wait)
     try:
         # again, now that the field is ours: another run may have written it (and its run record) meanwhile
         dataset.reload()
@@ -339,11 +344,18 @@ def propagate(samples, prompt_field: str, label_field: str, model: str = "defaul
         _declare_fields(dataset, out, store_instances, store_heatmaps)
         samples.compute_metadata()  # frame counts: progress, and the check that a video decodes whole
         job = _Job(tracker, dataset, prompt_field, out, store_instances, store_heatmaps, chunk_frames, lock, direction,
-                   combine)
+                   combine, shard)
         report = _propagate_all(job, samples, label_field, run_config, run_hash, overwrite, progress)
     finally:
         lock.release()
     return report
+
+
+def check_request(samples, prompt_field: str, label_field: str, force: bool = False) -> None:
+    """The checks :func:`propagate` makes before it loads a model (fields, types, the guards on the output), for a
+    caller that queues the work elsewhere (sharded runs)."""
+    busy = FieldLock.holder(samples._dataset, label_field) is not None
+    _check_fields(samples, frame_field_name(prompt_field), label_field, True, False, force or busy)
 
 
 def _propagate_all(job: _Job, samples, label_field, run_config, run_hash, overwrite, progress) -> PropagationReport:
@@ -364,7 +376,7 @@ def _propagate_all(job: _Job, samples, label_field, run_config, run_hash, overwr
         if callback is not None and seen_frames % 10 == 0:
             callback(min(seen_frames / total_frames, 0.99), f"{seen_frames} frames")
 
-    _record_run(dataset, label_field, run_config, run_hash, status="running")
+    _record_run(dataset, label_field, run_config, run_hash, status="running", shard=job.shard)
     status = "interrupted"
     try:
         corrections = out["instances"] if job.store_instances else None
@@ -403,7 +415,9 @@ def _propagate_all(job: _Job, samples, label_field, run_config, run_hash, overwr
         if bar is not None:
             bar.close()
         if status != "taken over":  # the run that took over owns the record now
-            _record_run(dataset, label_field, run_config, run_hash, status=status, report=report)
+            _record_run(dataset, label_field, run_config, run_hash, status=status, report=report, shard=job.shard)
+        elif job.shard:
+            record_shard(dataset, label_field, job.shard, status)
     if callback is not None:
         callback(1.0, str(report))
     return report
@@ -419,11 +433,19 @@ def _progress(progress, total):
     return None, None
 
 
-def _record_run(dataset, label_field, run_config, run_hash, status, report=None) -> None:
-    """The run's configuration on the dataset (FiftyOne's custom runs), so a result can be traced and reproduced."""
+def _record_run(dataset, label_field, run_config, run_hash, status, report=None, shard=None) -> None:
+    """The run's configuration on the dataset (FiftyOne's custom runs), so a result can be traced and reproduced.
+    A shard records its own state apart (shards run at once), and the record says how many shards are done."""
     key = run_key(label_field)
     payload = dict(run_config, label_field=frame_field_name(label_field), config_hash=run_hash, status=status,
                    updated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    if shard is not None:
+        record_shard(dataset, label_field, shard, status, report)
+        states = [s["state"] for s in shard_states(dataset, label_field, shard["run"])]
+        finished = sum(s == "done" for s in states)
+        payload.update(status="done" if finished == shard["count"] else f"{finished} of {shard['count']} shards done",
+                       shards={"run": shard["run"], "count": shard["count"]})
+        report = None  # the counts are per shard: shard_states()
     if report is not None:
         payload.update(processed=len(report.processed), skipped=len(report.skipped), failed=report.failed,
                        frames=report.frames, fps=round(report.fps, 3) if report.seconds else None)
@@ -435,8 +457,40 @@ def _record_run(dataset, label_field, run_config, run_hash, status, report=None)
 
 
 def run_config(dataset, label_field: str) -> dict:
-    """The configuration recorded by the last propagation into ``label_field``."""
-    return dataset.get_run_info(run_key(label_field)).config.serialize()
+    """The configuration recorded by the last propagation into ``label_field``; for a sharded run, with every
+    shard's state (``"shard_states"``: index, state, worker host and pid, videos, frames)."""
+    config = dataset.get_run_info(run_key(label_field)).config.serialize()
+    if config.get("shards"):
+        config["shard_states"] = shard_states(dataset, label_field, config["shards"]["run"])
+    return config
+
+
+def queue_shards(samples, params: dict, shards: int, operator_uri: str, request_params: dict | None = None) -> dict:
+    """Split ``samples`` into ``shards`` disjoint parts (balanced by frames) and queue one delegated operation of
+    ``operator_uri`` per part, so that several ``fiftyone delegated launch`` workers (on one machine or many, on
+    one database) run them at once. ``params``: the operator's parameters, given to every shard with its part's
+    sample ids. Returns ``{"run": id, "operations": [ids], "videos": [count per shard]}``."""
+    import uuid
+
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    samples.compute_metadata()
+    parts = split_for_shards(samples.values("id"), samples.values("metadata.total_frame_count"), shards)
+    run = uuid.uuid4().hex[:12]
+    dataset = samples._dataset
+    field = params.get("label_field", "frtm")
+    ops = []
+    for index, ids in enumerate(parts):
+        shard = {"run": run, "index": index, "count": len(parts), "sample_ids": ids}
+        record_shard(dataset, field, shard, "queued")
+        shard_params = dict(params, shard=shard, shards=1, delegate=True)
+        context = {"request_params": dict(request_params or {}, dataset_name=dataset.name, params=shard_params),
+                   "params": shard_params}
+        op = DelegatedOperationService().queue_operation(
+            operator=operator_uri, context=context,
+            label=f"FRTM: propagate into {field} (shard {index + 1} of {len(parts)}, {len(ids)} videos)")
+        ops.append(str(op.id))
+    return {"run": run, "operations": ops, "videos": [len(p) for p in parts]}
 
 
 # -- evaluation -----------------------------------------------------------------------------------------------------
