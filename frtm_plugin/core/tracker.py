@@ -36,6 +36,9 @@ from .target_model import SolverConfig, TargetModel
 
 
 
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 @dataclass(frozen=True)
 class TrackerConfig:
     solver: SolverConfig = field(default_factory=SolverConfig)
@@ -52,6 +55,12 @@ class TrackerConfig:
     # scores above 0.5 on at least this fraction of the cells its mask covered at its last visible keyframe: S alone
     # would paint something on every frame from D's faint leftovers (bmx-bumps behind the ramp, docs/keyframes.md).
     reappear_fraction: float = 0.25
+    # inference-only rewrites that keep the masks (core/fast.py: BatchNorm folded, channels-last backbone, S's
+    # upsampler in its cheaper equal order); False runs the modules as given, as the released code does
+    fast: bool = True
+    # "float32", or reduced precision for the backbone and S ("bfloat16": CPUs with AVX-512 BF16 / AMX, and GPUs;
+    # "float16": GPUs); D and its solver stay float32. Measured mask agreement: bench/e2e.py
+    precision: str = "float32"
 
 
 @dataclass
@@ -82,8 +91,15 @@ class FRTMTracker:
     def __init__(self, backbone, segnet=None, config: TrackerConfig = TrackerConfig(), device="cpu"):
         if config.reanchor not in ("memory", "restart"):
             raise ValueError(f"reanchor must be 'memory' or 'restart', got {config.reanchor!r}")
+        if config.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {config.precision!r}")
         self.backbone = backbone.to(device).eval()
         self.segnet = segnet.to(device).eval() if segnet is not None else None
+        if config.fast:
+            from .fast import fast_backbone, fast_segnet
+
+            self.backbone = fast_backbone(self.backbone)
+            self.segnet = fast_segnet(self.segnet) if self.segnet is not None else None
         self.config = config
         self.device = torch.device(device)
         self.objects: dict[int, _Object] = {}
@@ -144,7 +160,7 @@ class FRTMTracker:
         target_feat = None
         if tracked or reanchored:
             layers = self._layers if tracked else (self.backbone.target_layer,)
-            feats = self.backbone(self._to_tensor(image)[None], layers=layers)
+            feats = self._features(self._to_tensor(image)[None], layers)
             target_feat = feats[self.backbone.target_layer][0]
             for obj_id in tracked:
                 obj = self.objects[obj_id]
@@ -245,7 +261,7 @@ class FRTMTracker:
         parts = [frame_feature[None]] if frame_feature is not None else []
         if len(images) > first:
             batch = torch.from_numpy(images[first:]).to(self.device).permute(0, 3, 1, 2)
-            parts.append(self.backbone(batch, layers=(layer,))[layer])
+            parts.append(self._features(batch, (layer,))[layer])
         return torch.cat(parts), torch.from_numpy(labels).to(self.device)
 
     def _reanchor(self, obj_id: int, image: np.ndarray, mask: np.ndarray, frame_feature, index: int) -> None:
@@ -267,11 +283,22 @@ class FRTMTracker:
         model.initialize(feats, labels)
         self.objects[obj_id] = _Object(model, index)
 
+    def _autocast(self):
+        dtype = PRECISIONS[self.config.precision]
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def _features(self, images: torch.Tensor, layers) -> dict[str, torch.Tensor]:
+        """Backbone features, contiguous float32 (whatever the backbone's memory format and precision)."""
+        with self._autocast():
+            feats = self.backbone(images, layers=layers)
+        return {k: v.float().contiguous() for k, v in feats.items()}
+
     def _probability(self, scores: torch.Tensor, feats: dict, hw) -> torch.Tensor:
         if self.segnet is None:  # D-only: D was fitted to 0/1 labels, so its upsampled score is a probability
             return ops.upsample(scores, hw).clamp(0.0, 1.0)
-        logits = self.segnet(scores[None, None], feats, hw)
-        return torch.sigmoid(logits[0, 0])
+        with self._autocast():
+            logits = self.segnet(scores[None, None], feats, hw, reordered=self.config.fast)
+        return torch.sigmoid(logits[0, 0].float())
 
     def memory_bytes(self) -> int:
         """Bytes held by all objects' sample memories (fixed once each object has started)."""
