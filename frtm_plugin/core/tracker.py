@@ -161,7 +161,7 @@ class FRTMTracker:
         if tracked or reanchored:
             layers = self._layers if tracked else (self.backbone.target_layer,)
             feats = self._features(self._to_tensor(image)[None], layers)
-            target_feat = feats[self.backbone.target_layer][0]
+            target_feat = feats[self.backbone.target_layer][0].contiguous()  # D's kernels read NCHW
             for obj_id in tracked:
                 obj = self.objects[obj_id]
                 h, s = obj.target_model.predict(target_feat)
@@ -261,7 +261,7 @@ class FRTMTracker:
         parts = [frame_feature[None]] if frame_feature is not None else []
         if len(images) > first:
             batch = torch.from_numpy(images[first:]).to(self.device).permute(0, 3, 1, 2)
-            parts.append(self._features(batch, (layer,))[layer])
+            parts.append(self._features(batch, (layer,))[layer].contiguous())
         return torch.cat(parts), torch.from_numpy(labels).to(self.device)
 
     def _reanchor(self, obj_id: int, image: np.ndarray, mask: np.ndarray, frame_feature, index: int) -> None:
@@ -288,10 +288,11 @@ class FRTMTracker:
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def _features(self, images: torch.Tensor, layers) -> dict[str, torch.Tensor]:
-        """Backbone features, contiguous float32 (whatever the backbone's memory format and precision)."""
+        """Backbone features in float32 (whatever the precision), in the backbone's memory format (S reads them
+        as they are; D's kernels take a contiguous copy of their layer)."""
         with self._autocast():
             feats = self.backbone(images, layers=layers)
-        return {k: v.float().contiguous() for k, v in feats.items()}
+        return {k: v.float() for k, v in feats.items()}
 
     def _probability(self, scores: torch.Tensor, feats: dict, hw) -> torch.Tensor:
         if self.segnet is None:  # D-only: D was fitted to 0/1 labels, so its upsampled score is a probability
