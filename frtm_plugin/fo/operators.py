@@ -241,10 +241,21 @@ class DavisJFMetric(EvaluationMetric):
         return summary["overall"]["J&F"]
 
     def get_fields(self, samples, config, eval_key):
+        """Everything the evaluation wrote that is a field: per video, per frame, and the per-object scores on the
+        predicted instances' detections (``frames.<pred>_instances.detections.<key>_J`` / ``_F``)."""
         from . import sdk
 
-        f = sdk.evaluation_fields(eval_key)
-        return f["sample"] + ["frames." + x for x in f["frame"]]
+        return sdk.evaluation_field_paths(samples, config.pred_field, eval_key)
+
+    def rename(self, samples, config, eval_key, new_eval_key):
+        from . import sdk
+
+        sdk.rename_davis_evaluation(samples, config.pred_field, eval_key, new_eval_key)
+
+    def cleanup(self, samples, config, eval_key):
+        from . import sdk
+
+        sdk.delete_davis_evaluation(samples, config.pred_field, eval_key)
 
 
 def register(plugin):

@@ -500,6 +500,90 @@ def evaluation_fields(eval_key: str) -> dict[str, list[str]]:
             "frame": [f"{eval_key}_J", f"{eval_key}_F", f"{eval_key}_JF"]}
 
 
+def evaluation_field_paths(samples, pred_field: str, eval_key: str) -> list[str]:
+    """The paths a DAVIS evaluation under ``eval_key`` writes: sample fields, ``frames.`` fields, and the
+    per-object attributes on ``frames.<pred>_instances.detections`` when that field exists."""
+    names = evaluation_fields(eval_key)
+    paths = names["sample"] + ["frames." + x for x in names["frame"]]
+    inst = f"{frame_field_name(pred_field)}_instances"
+    if frame_field_type(samples, inst) is fo.Detections:
+        paths += [f"frames.{inst}.detections.{eval_key}_{m}" for m in ("J", "F")]
+    return paths
+
+
+def _detection_attribute_paths(dataset, pred_field: str, eval_key: str) -> list[tuple[str, str]]:
+    """(instances field, attribute) pairs a DAVIS evaluation writes on the predicted detections."""
+    inst = f"{frame_field_name(pred_field)}_instances"
+    if frame_field_type(dataset, inst) is not fo.Detections:
+        return []
+    return [(inst, f"{eval_key}_{m}") for m in ("J", "F")]
+
+
+# Detection attributes are dynamic (not always declared in the schema), so they are moved and removed in the frames'
+# database collection directly, one update per attribute; a declared one is also dropped from the schema.
+
+def _rename_detection_attribute(dataset, field: str, old: str, new: str) -> None:
+    present = {"$ne": [{"$type": f"$$d.{old}"}, "missing"]}
+    dataset._frame_collection.update_many({f"{field}.detections.{old}": {"$exists": True}}, [
+        {"$set": {f"{field}.detections": {"$map": {"input": f"${field}.detections", "as": "d", "in": {
+            "$mergeObjects": [
+                {"$arrayToObject": {"$filter": {"input": {"$objectToArray": "$$d"}, "as": "kv",
+                                                "cond": {"$ne": ["$$kv.k", old]}}}},
+                {"$cond": [present, {new: f"$$d.{old}"}, {}]}]}}}}}])
+    _undeclare(dataset, field, old)
+
+
+def _unset_detection_attribute(dataset, field: str, attr: str) -> None:
+    dataset._frame_collection.update_many({f"{field}.detections.{attr}": {"$exists": True}},
+                                          {"$unset": {f"{field}.detections.$[].{attr}": ""}})
+    _undeclare(dataset, field, attr)
+
+
+def _undeclare(dataset, field: str, attr: str) -> None:
+    if f"{field}.detections.{attr}" in (dataset.get_frame_field_schema(flat=True) or {}):
+        dataset.delete_frame_field(f"{field}.detections.{attr}", error_level=1)
+
+
+def rename_davis_evaluation(samples, pred_field: str, eval_key: str, new_eval_key: str) -> None:
+    """Rename everything a DAVIS evaluation wrote (fields, detection attributes, the stored summary)."""
+    dataset = samples._dataset
+    names, new_names = evaluation_fields(eval_key), evaluation_fields(new_eval_key)
+    schema, frame_schema = dataset.get_field_schema(), dataset.get_frame_field_schema() or {}
+    for old, new in zip(names["sample"], new_names["sample"]):
+        if old in schema:
+            dataset.rename_sample_field(old, new)
+    for old, new in zip(names["frame"], new_names["frame"]):
+        if old in frame_schema:
+            dataset.rename_frame_field(old, new)
+    for field, attr in _detection_attribute_paths(dataset, pred_field, eval_key):
+        _rename_detection_attribute(dataset, field, attr, new_eval_key + attr[len(eval_key):])
+    info = dataset.info.get("frtm_evaluations", {})
+    if eval_key in info:
+        info[new_eval_key] = dict(info.pop(eval_key), eval_key=new_eval_key)
+        dataset.save()
+    dataset.reload()
+
+
+def delete_davis_evaluation(samples, pred_field: str, eval_key: str) -> None:
+    """Remove everything a DAVIS evaluation wrote (fields, detection attributes, the stored summary)."""
+    dataset = samples._dataset
+    names = evaluation_fields(eval_key)
+    schema, frame_schema = dataset.get_field_schema(), dataset.get_frame_field_schema() or {}
+    for name in names["sample"]:
+        if name in schema:
+            dataset.delete_sample_field(name)
+    for name in names["frame"]:
+        if name in frame_schema:
+            dataset.delete_frame_field(name)
+    for field, attr in _detection_attribute_paths(dataset, pred_field, eval_key):
+        _unset_detection_attribute(dataset, field, attr)
+    info = dataset.info.get("frtm_evaluations", {})
+    if eval_key in info:
+        del info[eval_key]
+        dataset.save()
+    dataset.reload()
+
+
 def _frame_stack(sample, field: str, numbers: list[int], hw, missing: list | None = None) -> np.ndarray:
     """The masks of ``field`` on the given frames; a frame without one is an empty mask (its number is appended
     to ``missing``)."""
