@@ -56,3 +56,43 @@ def test_rename_and_delete_reach_everything_the_evaluation_wrote(demo_clip):
         assert len(ds.first().frames[3]["p_instances"].detections) == 1  # the predictions themselves stay
     finally:
         fo.delete_dataset(ds.name)
+
+
+def test_panel_numbers_equal_evaluate_sequence(demo_clip):
+    """What the modal J&F panel plots (sdk.jf_series) is, frame by frame and object by object, what
+    metrics.evaluate_sequence computes on the same masks; the worst-frames view holds the frames below a J."""
+    from frtm_plugin.fo.sdk import davis_evaluation_keys, jf_series, worst_frames_view
+    from frtm_plugin.metrics import evaluate_sequence
+
+    path, gts = demo_clip(N)
+    if fo.dataset_exists("eval-panel"):
+        fo.delete_dataset("eval-panel")
+    ds = fo.Dataset("eval-panel")
+    ds.add_sample(fo.Sample(filepath=str(path)))
+    s = ds.first()
+    for i, g in enumerate(gts):
+        s.frames[i + 1]["gt"] = fo.Segmentation(mask=g.astype(np.uint8))
+    s.frames[1]["prompt"] = fo.Segmentation(mask=gts[0].astype(np.uint8))
+    s.save()
+    try:
+        frtm_plugin.propagate(ds, "prompt", "p", model="d-only", max_size=256, num_aug=1, progress=False)
+        frtm_plugin.evaluate(ds, "p", "gt", eval_key="ev", progress=False)
+        assert davis_evaluation_keys(ds) == ["ev"]
+        series = jf_series(ds.first(), ds, "ev")
+        pred = np.stack([fr["p"].get_mask() for fr in ds.first().frames.values()])
+        res = evaluate_sequence(np.stack([g.astype(np.uint8) for g in gts]), pred)
+        per_frame = res.per_frame()
+        assert series["frames"] == list(range(1, N + 1)) and list(series["objects"]) == ["1"]
+        for row in range(N):
+            want = per_frame.get(row, {}).get(1)
+            got = (series["objects"]["1"]["J"][row], series["objects"]["1"]["F"][row])
+            if want is None:  # the protocol's excluded frames: the first and the last
+                assert got == (None, None) and row in (0, N - 1)
+            else:
+                assert got == pytest.approx(want)
+        assert series["keyframes"] == [1]
+        worst = worst_frames_view(ds, "ev", 0.7)
+        js = [j for j in series["objects"]["1"]["J"] if j is not None]
+        assert worst.count("frames") == sum(j < 0.7 for j in js) > 0
+    finally:
+        fo.delete_dataset(ds.name)

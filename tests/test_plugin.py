@@ -68,7 +68,8 @@ def _run_op(uri, ds, params, delegate=False):
 
 def test_plugin_is_registered():
     uris = {op.uri for op in foo.list_operators()}
-    assert {"@frtm/frtm-vos/propagate", "@frtm/frtm-vos/evaluate", "@frtm/frtm-vos/davis_jf"} <= uris
+    assert {"@frtm/frtm-vos/propagate", "@frtm/frtm-vos/evaluate", "@frtm/frtm-vos/davis_jf",
+            "@frtm/frtm-vos/frtm_jf_timeline", "@frtm/frtm-vos/frtm_jf_videos"} <= uris
 
 
 @pytest.mark.parametrize("delegate", [False, True])

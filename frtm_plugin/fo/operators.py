@@ -259,6 +259,10 @@ class DavisJFMetric(EvaluationMetric):
 
 
 def register(plugin):
+    from .panels import JFTimelinePanel, JFVideosPanel
+
+    plugin.register(JFTimelinePanel)
+    plugin.register(JFVideosPanel)
     plugin.register(PropagateOperator)
     plugin.register(EvaluateOperator)
     plugin.register(DavisJFMetric)

@@ -746,3 +746,45 @@ def format_summary(summary: dict) -> str:
                      f"'{summary['pred_field']}': DAVIS scores them as empty masks (J = 0 where an object is "
                      "present), while FiftyOne's pixel metrics of the same evaluation skip them")
     return "\n".join(lines)
+
+
+# -- what the J&F panels show ---------------------------------------------------------------------------------------
+
+def davis_evaluation_keys(dataset) -> list[str]:
+    """The DAVIS evaluations stored on the dataset, oldest first."""
+    return list((dataset.info or {}).get("frtm_evaluations", {}))
+
+
+def jf_series(sample, dataset, eval_key: str) -> dict:
+    """One video's J and F per object and frame for evaluation ``eval_key``, as the App's panel plots them:
+    ``frames`` (frame numbers), ``objects`` {object id: {"J": [...], "F": [...]}} (None where the protocol does
+    not score the object: its first frame, the last frame, no ground truth), ``JF`` (the frame's mean J&F, or
+    None), and ``keyframes`` (frame numbers annotated in the prompt of the run that wrote the predictions)."""
+    summary = dataset.info["frtm_evaluations"][eval_key]
+    inst = f"{summary['pred_field']}_instances"
+    numbers = sorted(sample.frames.keys())
+    objects: dict[str, dict[str, list]] = {}
+    jf = []
+    for k, fn in enumerate(numbers):
+        frame = sample.frames[fn]
+        jf.append(frame[f"{eval_key}_JF"] if frame.has_field(f"{eval_key}_JF") else None)
+        dets = frame[inst].detections if frame.has_field(inst) and frame[inst] is not None else []
+        for d in dets:
+            if d.has_field(f"{eval_key}_J") and d[f"{eval_key}_J"] is not None:
+                series = objects.setdefault(str(d.index), {"J": [None] * len(numbers), "F": [None] * len(numbers)})
+                series["J"][k], series["F"][k] = d[f"{eval_key}_J"], d[f"{eval_key}_F"]
+    marker = output_fields(summary["pred_field"])["keyframes"]
+    digests = sample[marker] if sample.has_field(marker) and sample[marker] else {}
+    keyframes = sorted({int(key.split(":")[0]) + 1 for key in digests if key != "labels"})
+    return {"frames": numbers, "objects": dict(sorted(objects.items(), key=lambda kv: int(kv[0]))), "JF": jf,
+            "keyframes": keyframes, "eval_key": eval_key, "pred_field": summary["pred_field"],
+            "gt_field": summary["gt_field"]}
+
+
+def worst_frames_view(samples, eval_key: str, threshold: float):
+    """The videos with only their frames whose mean J is below ``threshold`` (frames with no score, or above it,
+    are left out), to step through, tag or correct in the modal."""
+    from fiftyone import ViewField as F
+
+    j = F(f"{eval_key}_J")
+    return samples.match_frames((j != None) & (j < threshold))  # noqa: E711 (null sorts below numbers)

@@ -1,0 +1,198 @@
+"""The J&F panels: where along a video a mask went wrong, and which videos to look at first.
+
+- ``JFTimelinePanel`` (sample modal): J and F of each object over the open video's frames for a DAVIS evaluation,
+  with the frame's J&F; the current frame is marked and follows the modal's playhead (FiftyOne's frame-loader view);
+  a click on the plot moves the playhead there; keyframes of the prompt are marked on the same axis. Frames the
+  protocol does not score (an object's first frame, the last frame) are gaps in the lines.
+- ``JFVideosPanel`` (grid): J&F per video for an evaluation (two evaluations side by side when there are two), the
+  dataset summary, a click on a bar opens that video, and a button builds the view of the worst frames.
+FiftyOne-facing, like the operators: the numbers come from ``sdk`` (the stored evaluation).
+"""
+
+from __future__ import annotations
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+
+
+def _keys(ctx) -> list[str]:
+    from . import sdk
+
+    return sdk.davis_evaluation_keys(ctx.dataset) if ctx.dataset is not None else []
+
+
+class JFTimelinePanel(foo.Panel):
+    @property
+    def config(self):
+        return foo.PanelConfig(name="frtm_jf_timeline", label="FRTM: J&F over the video", surfaces="modal",
+                               help_markdown="J (region) and F (boundary) of each object on every frame, for a "
+                                             "DAVIS evaluation: click the plot to go to a frame.")
+
+    def on_load(self, ctx):
+        self._refresh(ctx)
+
+    def on_change_current_sample(self, ctx):
+        self._refresh(ctx)
+
+    def on_change_key(self, ctx):
+        ctx.panel.state.eval_key = ctx.params.get("value")
+        self._refresh(ctx)
+
+    def _refresh(self, ctx):
+        from . import sdk
+
+        keys = _keys(ctx)
+        key = ctx.panel.state.eval_key if ctx.panel.state.eval_key in keys else (keys[-1] if keys else None)
+        ctx.panel.state.eval_key = key
+        ctx.panel.state.has_eval = key is not None
+        if key is None or ctx.current_sample is None:
+            return
+        sample = ctx.dataset[ctx.current_sample]
+        if f"{key}_J" not in (ctx.dataset.get_frame_field_schema() or {}) or sample.media_type != "video":
+            ctx.panel.state.has_eval = False
+            return
+        s = sdk.jf_series(sample, ctx.dataset, key)
+        traces = []
+        for k, (obj, series) in enumerate(s["objects"].items()):
+            color = COLORS[k % len(COLORS)]
+            traces.append({"type": "scatter", "mode": "lines+markers", "name": f"object {obj} J", "x": s["frames"],
+                           "y": series["J"], "line": {"color": color}, "marker": {"size": 5}})
+            traces.append({"type": "scatter", "mode": "lines", "name": f"object {obj} F", "x": s["frames"],
+                           "y": series["F"], "line": {"color": color, "dash": "dot"}})
+        traces.append({"type": "scatter", "mode": "lines", "name": "frame J&F", "x": s["frames"], "y": s["JF"],
+                       "line": {"color": "#444", "width": 3}})
+        if s["keyframes"]:
+            traces.append({"type": "scatter", "mode": "markers", "name": "keyframes", "x": s["keyframes"],
+                           "y": [1.04] * len(s["keyframes"]),
+                           "marker": {"symbol": "triangle-down", "size": 11, "color": "#ffb000"}})
+        ctx.panel.state.traces = traces  # the frame loader adds the playhead marker to these, frame by frame
+        ctx.panel.state.num_frames = len(s["frames"])
+        ctx.panel.data.plot = traces + [self._marker(1)]
+        ctx.panel.set_state("frame_data.signature", f"{key}:{ctx.current_sample}")
+
+    @staticmethod
+    def _marker(frame: int) -> dict:
+        """The current frame: a vertical line across the plot."""
+        return {"type": "scatter", "mode": "lines", "name": "current frame", "x": [frame, frame], "y": [0, 1.1],
+                "line": {"color": "#ff6d04", "width": 2}, "hoverinfo": "skip", "showlegend": False}
+
+    @staticmethod
+    def _layout(num_frames: int) -> dict:
+        return {"xaxis": {"title": {"text": "frame"}, "range": [0.5, max(num_frames, 1) + 0.5]},
+                "yaxis": {"title": {"text": "J / F"}, "range": [0, 1.1]}, "height": 300, "autosize": True,
+                "margin": {"l": 50, "r": 10, "t": 10, "b": 40}, "legend": {"orientation": "h", "y": -0.3},
+                "hovermode": "closest"}
+
+    def on_load_range(self, ctx):
+        """The frame loader asks for a range of frames (0-based, as the timeline counts): the plot with the
+        playhead marker on each."""
+        start, stop = ctx.params.get("range", [0, 0])
+        traces = ctx.panel.state.traces or []
+        ctx.panel.set_data({f"frame_data.frames[{i}]": traces + [self._marker(i + 1)] for i in range(start, stop)})
+
+    def on_click(self, ctx):
+        x = ctx.params.get("x")
+        if x is not None:
+            ctx.trigger("set_frame_number", {"frame_number": int(round(float(x)))})
+            ctx.panel.state.clicked_frame = int(round(float(x)))
+
+    def open_evaluate(self, ctx):
+        ctx.prompt("@frtm/frtm-vos/evaluate")
+
+    def render(self, ctx):
+        panel = types.Object()
+        if not ctx.panel.state.has_eval:
+            panel.md("No DAVIS evaluation of this video yet: score predictions against ground truth first.",
+                     name="no_eval")
+            panel.btn("evaluate", label="Evaluate (DAVIS J&F)", on_click=self.open_evaluate)
+            return types.Property(panel, view=types.GridView(orientation="vertical"))
+        keys = _keys(ctx)
+        panel.enum("eval_key", keys, default=ctx.panel.state.eval_key, label="Evaluation",
+                   view=types.DropdownView(), on_change=self.on_change_key)
+        panel.obj("frame_data", view=types.FrameLoaderView(on_load_range=self.on_load_range, target="plot"))
+        panel.plot("plot", layout=self._layout(ctx.panel.state.num_frames or 1), on_click=self.on_click,
+                   config={"displayModeBar": False, "responsive": True}, height="300px", width="100%")
+        return types.Property(panel, view=types.GridView(orientation="vertical"))
+
+
+class JFVideosPanel(foo.Panel):
+    @property
+    def config(self):
+        return foo.PanelConfig(name="frtm_jf_videos", label="FRTM: J&F per video", surfaces="grid",
+                               help_markdown="J&F of every video for a DAVIS evaluation (two side by side), the "
+                                             "dataset summary; click a bar to open the video.")
+
+    def on_load(self, ctx):
+        self._refresh(ctx)
+
+    def on_change_key(self, ctx):
+        ctx.panel.state.eval_key = ctx.params.get("value")
+        self._refresh(ctx)
+
+    def on_change_other(self, ctx):
+        ctx.panel.state.other_key = ctx.params.get("value")
+        self._refresh(ctx)
+
+    def _refresh(self, ctx):
+        keys = _keys(ctx)
+        ctx.panel.state.has_eval = bool(keys)
+        if not keys:
+            return
+        key = ctx.panel.state.eval_key if ctx.panel.state.eval_key in keys else keys[-1]
+        other = ctx.panel.state.other_key if ctx.panel.state.other_key in keys else \
+            (keys[-2] if len(keys) > 1 else None)
+        ctx.panel.state.eval_key, ctx.panel.state.other_key = key, other
+        ds = ctx.dataset
+        ids = ds.values("id")
+        names = [p.rsplit("/", 1)[-1] for p in ds.values("filepath")]
+        traces = []
+        for k, name in enumerate(x for x in (key, other) if x):
+            values = ds.values(f"{name}_JF") if f"{name}_JF" in ds.get_field_schema() else [None] * len(ids)
+            traces.append({"type": "bar", "name": name, "x": names, "y": values, "ids": ids,
+                           "marker": {"color": COLORS[k]}})
+        ctx.panel.data.bars = traces
+        rows = []
+        for name in (x for x in (key, other) if x):
+            o = ds.info["frtm_evaluations"][name]["overall"]
+            rows.append(f"| {name} ({ds.info['frtm_evaluations'][name]['pred_field']}) | {o['J&F']:.3f} | "
+                        f"{o['J']:.3f} | {o['F']:.3f} | {o.get('J_recall', float('nan')):.3f} | "
+                        f"{o.get('J_decay', float('nan')):.3f} |")
+        ctx.panel.state.summary = ("| evaluation | J&F | J | F | J recall | J decay |\n|---|---|---|---|---|---|\n"
+                                   + "\n".join(rows))
+
+    def on_click(self, ctx):
+        sample_id = ctx.params.get("id")
+        if sample_id:
+            ctx.ops.open_sample(id=sample_id)
+
+    def open_evaluate(self, ctx):
+        ctx.prompt("@frtm/frtm-vos/evaluate")
+
+    def show_worst(self, ctx):
+        from . import sdk
+
+        threshold = float(ctx.panel.state.threshold or 0.5)
+        view = sdk.worst_frames_view(ctx.dataset, ctx.panel.state.eval_key, threshold)
+        ctx.ops.set_view(view)
+
+    def render(self, ctx):
+        panel = types.Object()
+        if not ctx.panel.state.has_eval:
+            panel.md("No DAVIS evaluation on this dataset yet.", name="no_eval")
+            panel.btn("evaluate", label="Evaluate (DAVIS J&F)", on_click=self.open_evaluate)
+            return types.Property(panel, view=types.GridView(orientation="vertical"))
+        keys = _keys(ctx)
+        panel.enum("eval_key", keys, default=ctx.panel.state.eval_key, label="Evaluation",
+                   view=types.DropdownView(), on_change=self.on_change_key)
+        if len(keys) > 1:
+            panel.enum("other_key", keys, default=ctx.panel.state.other_key, label="Compare with",
+                       view=types.DropdownView(), on_change=self.on_change_other)
+        panel.md(ctx.panel.state.summary or "", name="summary")
+        panel.plot("bars", layout={"barmode": "group", "yaxis": {"title": "J&F", "range": [0, 1]}, "height": 320,
+                                   "margin": {"l": 50, "r": 10, "t": 10, "b": 80}}, on_click=self.on_click,
+                   config={"displayModeBar": False}, height="320px", width="100%")
+        panel.float("threshold", default=0.5, label="Worst frames: J below", min=0.0, max=1.0)
+        panel.btn("show_worst", label="Show the worst frames", on_click=self.show_worst)
+        return types.Property(panel, view=types.GridView(orientation="vertical"))
