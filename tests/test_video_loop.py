@@ -192,7 +192,7 @@ def test_a_not_visible_keyframe_hides_the_object_until_it_shows_again(davis_root
     assert by[8].keyframe_objects == (1,) and not by[8].labels.any()
     assert not any(by[i].labels.any() for i in range(9, 23))  # hidden, where S alone paints the ramp (below)
     back = [iou(by[i].labels == 1, gts[i]) for i in range(28, 34)]
-    assert np.mean(back) > 0.5, back  # found again once it shows
+    assert min(back) > 0.3, back  # found again once it shows (0.42-0.54 measured; a lost track scores ~0)
     _, plain = _run(tr, frames, {0: {1: gts[0]}})
     assert sum(plain[i].labels.any() for i in range(9, 23)) >= 10  # without the keyframe: false masks there
 
