@@ -81,7 +81,7 @@ class JFTimelinePanel(foo.Panel):
     @staticmethod
     def _layout(num_frames: int) -> dict:
         return {"xaxis": {"title": {"text": "frame"}, "range": [0.5, max(num_frames, 1) + 0.5]},
-                "yaxis": {"title": {"text": "J / F"}, "range": [0, 1.1]}, "height": 300, "autosize": True,
+                "yaxis": {"title": {"text": "J / F"}, "range": [0, 1.1]}, "height": 300, "width": 480,
                 "margin": {"l": 50, "r": 10, "t": 10, "b": 40}, "legend": {"orientation": "h", "y": -0.3},
                 "hovermode": "closest"}
 
