@@ -132,8 +132,9 @@ class FRTMTracker:
         """Process the next frame. ``image``: (H, W, 3) uint8 RGB. ``new_masks``: masks of the objects annotated on
         this frame, at the frame's size: an object not yet tracked starts there; a tracked one is re-anchored (its
         D learns the mask as a protected sample) and its output there is the mask. An empty mask says the object is
-        not visible on this frame: a tracked object's D learns the frame as background; an untracked one waits. ``frame_hw``: the frame's own
-        size when ``image`` was already shrunk by :meth:`shrink` (outputs come back at ``frame_hw``)."""
+        not visible on this frame: a tracked object's D learns the frame as background; an untracked one waits.
+        ``frame_hw``: the frame's own size when ``image`` was already shrunk by :meth:`shrink` (outputs come back at
+        ``frame_hw``)."""
         image = self._check_image(image)
         index = self.frame_index + 1  # committed at the end: a step that raises leaves the tracker as it was
         if frame_hw is None:
@@ -242,7 +243,7 @@ class FRTMTracker:
             full[obj_id] = m
             if hw != full_hw:
                 small = cv2.resize(m.astype(np.uint8), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST) > 0
-                if m.any() and not small.any():  # a sliver that vanished when shrinking: keep its nearest pixel rather than fail
+                if m.any() and not small.any():  # a sliver that vanished when shrinking: keep its nearest pixel
                     ys, xs = np.nonzero(m)
                     small[int(ys[0] * hw[0] / full_hw[0]), int(xs[0] * hw[1] / full_hw[1])] = True
                 m = small
