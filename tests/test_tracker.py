@@ -38,6 +38,22 @@ def test_soft_aggregate_keeps_only_the_winner():
     assert merged[:, 0, 1].argmax() == 0  # both low: background wins
 
 
+def test_soft_aggregate_equals_the_plain_torch_formula():
+    """The row-by-row arithmetic is the released formula: min background, odds, softmax over rows, winner only."""
+    from frtm_plugin.core.merge import EPS
+
+    g = torch.Generator().manual_seed(1)
+    for n in (1, 3, 7):
+        probs = torch.rand(n, 48, 64, generator=g)
+        probs[:, :4] = 0.0  # clamped corners of the formula
+        probs[:, -4:] = 1.0
+        p = probs.clamp(EPS, 1 - EPS)
+        p = torch.cat([(1 - p).min(dim=0, keepdim=True).values, p], dim=0)
+        segs = torch.softmax(p / (1 - p), dim=0)
+        reference = segs * (torch.arange(n + 1).view(-1, 1, 1) == segs.argmax(dim=0, keepdim=True))
+        assert torch.allclose(soft_aggregate(probs), reference, atol=1e-6)
+
+
 def test_released_merge_is_winner_and_above_half():
     g = torch.Generator().manual_seed(0)
     p = torch.rand(3, 40, 40, generator=g)

@@ -24,9 +24,22 @@ def soft_aggregate(probs: torch.Tensor) -> torch.Tensor:
     Background is ``min_k (1 - p_k)``; every row is turned into odds ``p / (1 - p)`` (the released code's choice,
     not log-odds), soft-maxed over rows, and each pixel keeps only its winner's value (others are 0).
     """
-    p = probs.clamp(EPS, 1 - EPS)
-    p = torch.cat([(1 - p).min(dim=0, keepdim=True).values, p], dim=0)
-    segs = torch.softmax(p / (1 - p), dim=0)
+    # Row by row, as argmax_rows: torch's reductions over dim 0 of a few large maps are strided and slow on the CPU
+    # (min + softmax over (N+1, 480, 854): 54 -> 22 ms on 2 cores); the same arithmetic as torch.softmax (shift by
+    # the max, exp, normalise), equal to it within float rounding (tests/test_tracker.py).
+    rows = list(probs.clamp(EPS, 1 - EPS).unbind(0))
+    background = 1 - rows[0]
+    for p in rows[1:]:
+        background = torch.minimum(background, 1 - p)
+    odds = [p / (1 - p) for p in [background] + rows]
+    top = odds[0]
+    for o in odds[1:]:
+        top = torch.maximum(top, o)
+    exps = [torch.exp(o - top) for o in odds]
+    total = exps[0].clone()
+    for e in exps[1:]:
+        total += e
+    segs = torch.stack([e / total for e in exps])
     winner = argmax_rows(segs)[None]
     return segs * (torch.arange(segs.shape[0], device=segs.device).view(-1, 1, 1) == winner)
 
