@@ -80,3 +80,41 @@ def test_one_added_keyframe_rewrites_only_its_span(clip):
         assert third.processed == [] and len(third.skipped) == 1
     finally:
         ds.delete()
+
+
+def _detection(mask, instance):
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    h, w = mask.shape
+    return fo.Detection(label="skater", instance=instance, keyframe=True, mask=mask[rows[0]:rows[-1] + 1,
+                                                                                  cols[0]:cols[-1] + 1],
+                        bounding_box=[cols[0] / w, rows[0] / h, (cols[-1] + 1 - cols[0]) / w,
+                                      (rows[-1] + 1 - rows[0]) / h])
+
+
+def test_what_a_span_cannot_hold_is_recomputed_in_full(clip):
+    """Heatmaps (per frame, of all objects) and a "not visible" keyframe alone in its span (forward: the object must
+    be tracked from before it) make the next run redo the whole video instead of a span, and it succeeds."""
+    path, gts = clip
+    if fo.dataset_exists("incremental-full"):
+        fo.delete_dataset("incremental-full")
+    ds = fo.Dataset("incremental-full")
+    try:
+        ds.add_sample(fo.Sample(filepath=str(path)))
+        skater = fo.Instance()
+        s = ds.first()
+        s.frames[1]["prompt"] = fo.Detections(detections=[_detection(gts[0], skater)])
+        s.save()
+        opts = dict(FAST, direction="forward", store_heatmaps=True)
+        assert frtm_plugin.propagate(ds, "prompt", "out", progress=False, **opts).recomputed[s.id] == N
+        hidden = _detection(gts[6], skater)
+        hidden.mask = np.zeros_like(hidden.mask)  # "not visible here" on frame 6
+        s.frames[7]["prompt"] = fo.Detections(detections=[hidden])
+        s.save()
+        again = frtm_plugin.propagate(ds, "prompt", "out", progress=False, **opts)
+        assert not again.failed and again.recomputed[s.id] == N  # the whole video, not the span 6..11
+        frames = ds.first().frames
+        assert not frames[7]["out"].get_mask().any() and (frames[6]["out"].get_mask() == 1).any()
+        # rewritten with the rest (D has no scores on its keyframes, frames 1 and 7)
+        assert all(frames[n]["out_scores"] is not None for n in range(1, N + 1) if n not in (1, 7))
+    finally:
+        ds.delete()

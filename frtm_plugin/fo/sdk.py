@@ -172,11 +172,12 @@ def _propagate_one(job: _Job, sample, key: str, on_frame, previous_keyframes: di
             previous_keyframes = {k: v for k, v in previous_keyframes.items() if k != "labels"}
             current = {k: v for k, v in digests.items() if k != "labels"}
             spans = changed_spans(previous_keyframes, current, expected, job.direction)
-            n = _recompute_spans(job, sample, prompts, instances, spans)
-            target = job.dataset[sample.id]
-            target[marker], target[out["keyframes"]] = key, digests
-            target.save()
-            return n, prompts.num_keyframes
+            if _spans_can_be_recomputed(job, prompts, spans):
+                n = _recompute_spans(job, sample, prompts, instances, spans)
+                target = job.dataset[sample.id]
+                target[marker], target[out["keyframes"]] = key, digests
+                target.save()
+                return n, prompts.num_keyframes
 
         def all_frames():
             yield first
@@ -216,6 +217,21 @@ def _propagate_one(job: _Job, sample, key: str, on_frame, previous_keyframes: di
         raise TruncatedVideoError(e.path, e.decoded, e.expected, labelled=n) from None
     finally:
         frames.close()
+
+
+def _spans_can_be_recomputed(job: _Job, prompts, spans: dict) -> bool:
+    """Whether each changed object can be re-propagated over its span alone: not when heatmaps are stored (they are
+    per frame, of all objects: the whole video is redone so none goes stale), nor when a span holds only "not
+    visible" keyframes of an object that is annotated visible elsewhere (it must be tracked from before the span)."""
+    from ..core.prompts import is_absent
+
+    if job.store_heatmaps:
+        return False
+    for obj, (lo, hi) in spans.items():
+        masks = [f[obj] for k, f in prompts.keyframes.items() if lo <= k <= hi and obj in f]
+        if masks and all(is_absent(m) for m in masks):
+            return False
+    return True
 
 
 def _recompute_spans(job: _Job, sample, prompts, instances, spans: dict) -> int:
