@@ -480,3 +480,25 @@ def test_keyframe_box_propagated_from_the_app_form(page, keyframe_dataset, app_u
         print("keyframe overlay IoU per frame:", scores)
         assert all(v > 0.5 for v in scores.values()), scores
         _close_modal(page)
+
+
+def test_grid_panel_lists_videos_with_their_jf(page, app_dataset, app_url):
+    """The grid's "FRTM: J&F per video" panel, opened from the "+" beside the Samples tab: one bar per video and the
+    dataset summary of the evaluation, the same numbers the SDK stored. Screenshot: artifacts/app/jf_videos_panel.png.
+    """
+    ds = app_dataset
+    summary = frtm_plugin.evaluate(ds, "frtm", "gt", eval_key="davis", progress=False)
+    with _failure_shot(page, "jf_videos_panel"):
+        _open(page, f"{app_url}/datasets/{ds.name}", '[data-cy="fo-grid"]')
+        dismiss = page.get_by_text("Dismiss", exact=True)
+        if dismiss.count():  # FiftyOne's Enterprise banner covers the panel bar
+            dismiss.first.click()
+        tab = page.get_by_text("Samples", exact=True).first.bounding_box()
+        page.mouse.click(tab["x"] + tab["width"] + 40, tab["y"] + tab["height"] / 2)  # the "+" of the panel bar
+        page.get_by_text("FRTM: J&F per video").first.click()
+        bars = page.locator(".js-plotly-plot .barlayer .point")
+        pw.expect(bars).to_have_count(len(ds), timeout=60_000)
+        pw.expect(page.get_by_text(f"{summary['overall']['J&F']:.3f}", exact=True).first).to_be_visible()
+        pw.expect(page.get_by_text("Show the worst frames")).to_be_visible()
+        page.mouse.move(2, 2)
+        page.screenshot(path=str(ARTIFACTS / "jf_videos_panel.png"))

@@ -156,11 +156,11 @@ class JFVideosPanel(foo.Panel):
         rows = []
         for name in (x for x in (key, other) if x):
             o = ds.info["frtm_evaluations"][name]["overall"]
-            rows.append(f"| {name} ({ds.info['frtm_evaluations'][name]['pred_field']}) | {o['J&F']:.3f} | "
-                        f"{o['J']:.3f} | {o['F']:.3f} | {o.get('J_recall', float('nan')):.3f} | "
-                        f"{o.get('J_decay', float('nan')):.3f} |")
-        ctx.panel.state.summary = ("| evaluation | J&F | J | F | J recall | J decay |\n|---|---|---|---|---|---|\n"
-                                   + "\n".join(rows))
+            cells = [o.get(k) for k in ("J&F", "J", "F", "J-recall", "J-decay", "F-recall", "F-decay")]
+            rows.append(f"| {name} ({ds.info['frtm_evaluations'][name]['pred_field']}) | " +
+                        " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
+        ctx.panel.state.summary = ("| evaluation | J&F | J | F | J recall | J decay | F recall | F decay |\n"
+                                   "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
 
     def on_click(self, ctx):
         sample_id = ctx.params.get("id")
