@@ -2,6 +2,8 @@
 everything it wrote (sample and frame fields, the per-object scores on the predicted detections, the stored
 summary)."""
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,28 @@ fo = pytest.importorskip("fiftyone")
 import frtm_plugin  # noqa: E402
 
 N = 6
+
+
+@contextlib.contextmanager
+def _evaluated(name, demo_clip):
+    """A one-video dataset of the demo clip: ground truth on every frame, a first-frame prompt, propagated D-only
+    into 'p' and evaluated as 'ev'; deleted afterwards."""
+    path, gts = demo_clip(N)
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    ds = fo.Dataset(name)
+    ds.add_sample(fo.Sample(filepath=str(path)))
+    s = ds.first()
+    for i, g in enumerate(gts):
+        s.frames[i + 1]["gt"] = fo.Segmentation(mask=g.astype(np.uint8))
+    s.frames[1]["prompt"] = fo.Segmentation(mask=gts[0].astype(np.uint8))
+    s.save()
+    try:
+        frtm_plugin.propagate(ds, "prompt", "p", model="d-only", max_size=256, num_aug=1, progress=False)
+        frtm_plugin.evaluate(ds, "p", "gt", eval_key="ev", progress=False)
+        yield ds, gts
+    finally:
+        fo.delete_dataset(name)
 
 
 def _leftovers(ds, key):
@@ -26,19 +50,7 @@ def _leftovers(ds, key):
 
 
 def test_rename_and_delete_reach_everything_the_evaluation_wrote(demo_clip):
-    path, gts = demo_clip(N)
-    if fo.dataset_exists("eval-cleanup"):
-        fo.delete_dataset("eval-cleanup")
-    ds = fo.Dataset("eval-cleanup")
-    ds.add_sample(fo.Sample(filepath=str(path)))
-    s = ds.first()
-    for i, g in enumerate(gts):
-        s.frames[i + 1]["gt"] = fo.Segmentation(mask=g.astype(np.uint8))
-    s.frames[1]["prompt"] = fo.Segmentation(mask=gts[0].astype(np.uint8))
-    s.save()
-    try:
-        frtm_plugin.propagate(ds, "prompt", "p", model="d-only", max_size=256, num_aug=1, progress=False)
-        frtm_plugin.evaluate(ds, "p", "gt", eval_key="ev", progress=False)
+    with _evaluated("eval-cleanup", demo_clip) as (ds, gts):
         assert "ev" in ds.list_evaluations()
         before = _leftovers(ds, "ev")
         assert {"ev_J", "ev_JF", "ev_objects", "frames.ev_J", "detection.ev_J", "detection.ev_F",
@@ -55,8 +67,6 @@ def test_rename_and_delete_reach_everything_the_evaluation_wrote(demo_clip):
         ds.delete_evaluation("ev2")
         assert _leftovers(ds, "ev2") == [] and "ev2" not in ds.list_evaluations()
         assert len(ds.first().frames[3]["p_instances"].detections) == 1  # the predictions themselves stay
-    finally:
-        fo.delete_dataset(ds.name)
 
 
 def test_panel_numbers_equal_evaluate_sequence(demo_clip):
@@ -65,19 +75,7 @@ def test_panel_numbers_equal_evaluate_sequence(demo_clip):
     from frtm_plugin.fo.sdk import davis_evaluation_keys, jf_series, worst_frames_view
     from frtm_plugin.metrics import evaluate_sequence
 
-    path, gts = demo_clip(N)
-    if fo.dataset_exists("eval-panel"):
-        fo.delete_dataset("eval-panel")
-    ds = fo.Dataset("eval-panel")
-    ds.add_sample(fo.Sample(filepath=str(path)))
-    s = ds.first()
-    for i, g in enumerate(gts):
-        s.frames[i + 1]["gt"] = fo.Segmentation(mask=g.astype(np.uint8))
-    s.frames[1]["prompt"] = fo.Segmentation(mask=gts[0].astype(np.uint8))
-    s.save()
-    try:
-        frtm_plugin.propagate(ds, "prompt", "p", model="d-only", max_size=256, num_aug=1, progress=False)
-        frtm_plugin.evaluate(ds, "p", "gt", eval_key="ev", progress=False)
+    with _evaluated("eval-panel", demo_clip) as (ds, gts):
         assert davis_evaluation_keys(ds) == ["ev"]
         series = jf_series(ds.first(), ds, "ev")
         pred = np.stack([fr["p"].get_mask() for fr in ds.first().frames.values()])
@@ -95,5 +93,3 @@ def test_panel_numbers_equal_evaluate_sequence(demo_clip):
         worst = worst_frames_view(ds, "ev", 0.7)
         js = [j for j in series["objects"]["1"]["J"] if j is not None]
         assert worst.count("frames") == sum(j < 0.7 for j in js) > 0
-    finally:
-        fo.delete_dataset(ds.name)

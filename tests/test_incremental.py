@@ -33,6 +33,14 @@ def clip(demo_clip):
     return demo_clip(N)
 
 
+
+def _one_video(name, path):
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    ds = fo.Dataset(name)
+    ds.add_sample(fo.Sample(filepath=str(path)))
+    return ds
+
 def _snapshot(ds):
     s = ds.first()
     return {fn: (fr["out"].get_mask().copy(), fr["out_instances"].to_json()) for fn, fr in s.frames.items()}
@@ -40,11 +48,8 @@ def _snapshot(ds):
 
 def test_one_added_keyframe_rewrites_only_its_span(clip):
     path, gts = clip
-    if fo.dataset_exists("incremental"):
-        fo.delete_dataset("incremental")
-    ds = fo.Dataset("incremental")
+    ds = _one_video("incremental", path)
     try:
-        ds.add_sample(fo.Sample(filepath=str(path)))
         ground = np.zeros(gts[0].shape, bool)
         ground[400:470, 500:700] = True  # a second object: a patch of ground, annotated once
         s = ds.first()
@@ -95,11 +100,8 @@ def test_what_a_span_cannot_hold_is_recomputed_in_full(clip):
     """Heatmaps (per frame, of all objects) and a "not visible" keyframe alone in its span (forward: the object must
     be tracked from before it) make the next run redo the whole video instead of a span, and it succeeds."""
     path, gts = clip
-    if fo.dataset_exists("incremental-full"):
-        fo.delete_dataset("incremental-full")
-    ds = fo.Dataset("incremental-full")
+    ds = _one_video("incremental-full", path)
     try:
-        ds.add_sample(fo.Sample(filepath=str(path)))
         skater = fo.Instance()
         s = ds.first()
         s.frames[1]["prompt"] = fo.Detections(detections=[_detection(gts[0], skater)])

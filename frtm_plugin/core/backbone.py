@@ -32,7 +32,7 @@ import torchvision
 
 from .weights import BACKBONE_WEIGHTS, load_weights_file, resolve_weights
 
-__all__ = ["Backbone", "build_backbone", "BACKBONE_NAMES", "BACKBONE_CHANNELS", "BACKBONE_STRIDES",
+__all__ = ["Backbone", "FrozenBackbone", "build_backbone", "BACKBONE_NAMES", "BACKBONE_CHANNELS", "BACKBONE_STRIDES",
            "IMAGENET_MEAN", "IMAGENET_STD", "SEG_LAYERS"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -71,32 +71,18 @@ _MOBILENET_TAPS = {"layer2": 3, "layer3": 6, "layer4": 13, "layer5": 18}
 _MOBILENET_EXPAND_BLOCK = 14
 
 
-class Backbone(nn.Module):
-    """A frozen torchvision backbone returning the released code's feature dict.
-
-    Always in eval mode (``train()`` keeps it in eval: BatchNorm statistics are frozen) and every parameter has
-    ``requires_grad=False``.
-
-    Attributes:
-        name: ``"resnet18"``, ``"resnet101"`` or ``"mobilenet_v2"``.
-        channels: FRTM key -> channel count, for every key this backbone can return.
-        strides: FRTM key -> stride.
-        target_layer: the key the target model D reads (``"layer4"``, or ``"layer4_expand"`` for MobileNetV2).
-        seg_layers: the keys S reads, deep to shallow.
-        stride: stride of ``target_layer`` (16).
-        weights_path: the file the weights were loaded from (None for random init).
-    """
+class FrozenBackbone(nn.Module):
+    """What every backbone here shares: frozen (eval mode, no gradients), RGB 0..255 input normalised by a fixed
+    per-channel affine map, the layers a call may ask for, and D's stride-16 tap. Subclasses set ``body`` and call
+    :meth:`_setup` then :meth:`_freeze`, and implement ``forward(images, layers=None)``."""
 
     seg_layers: Tuple[str, ...] = SEG_LAYERS
 
-    def __init__(self, name: str, body: nn.Module, target_layer: Optional[str] = None,
-                 weights_path: Optional[Path] = None):
-        super().__init__()
-        if name not in BACKBONE_CHANNELS:
-            raise ValueError(f"unknown backbone {name!r}; expected one of {BACKBONE_NAMES}")
+    def _setup(self, name: str, channels: Dict[str, int], strides: Dict[str, int], target_layer: Optional[str],
+               scale: torch.Tensor, shift: torch.Tensor, weights_path: Optional[Path]) -> None:
         self.name = name
-        self.channels: Dict[str, int] = dict(BACKBONE_CHANNELS[name])
-        self.strides: Dict[str, int] = dict(BACKBONE_STRIDES[name])
+        self.channels: Dict[str, int] = dict(channels)
+        self.strides: Dict[str, int] = dict(strides)
         target_layer = "layer4" if target_layer is None else target_layer
         if target_layer not in self.channels:
             raise ValueError(f"target_layer {target_layer!r} is not offered by {name}; "
@@ -107,26 +93,21 @@ class Backbone(nn.Module):
         self.target_layer = target_layer
         self.stride = self.strides[target_layer]
         self.weights_path = weights_path
-        self._order = _MOBILENET_ORDER if name == "mobilenet_v2" else _RESNET_ORDER
-        self.body = body
-        # Normalisation constants computed exactly as the released code does (float32 std/mean, then
-        # 1/255/std and -mean/std). Non-persistent: they follow .to()/.double() but stay out of the state_dict.
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        self.register_buffer("_scale", 1 / 255 / std, persistent=False)
-        self.register_buffer("_shift", -mean / std, persistent=False)
+        # non-persistent: they follow .to()/.double() but stay out of the state_dict
+        self.register_buffer("_scale", scale, persistent=False)
+        self.register_buffer("_shift", shift, persistent=False)
+
+    def _freeze(self) -> None:
         for p in self.parameters():
             p.requires_grad_(False)
         super().train(False)
 
-    # --- frozen -------------------------------------------------------------------------------------------
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> "FrozenBackbone":
         """The backbone is frozen: this keeps it (and its BatchNorms) in eval mode whatever ``mode`` is."""
         return super().train(False)
 
-    # --- input --------------------------------------------------------------------------------------------
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """``img.float() * (1/255/std) + (-mean/std)`` (in the module's dtype; float32 by default)."""
+        """``img * scale + shift`` per channel (in the module's dtype; float32 by default)."""
         if images.dim() == 3:
             images = images.unsqueeze(0)
         if images.dim() != 4 or images.shape[1] != 3:
@@ -147,6 +128,38 @@ class Backbone(nn.Module):
         if bad:
             raise ValueError(f"{self.name} offers no layer(s) {bad}; available: {sorted(self.channels)}")
         return tuple(dict.fromkeys(req))
+
+
+class Backbone(FrozenBackbone):
+    """A frozen torchvision backbone returning the released code's feature dict.
+
+    Always in eval mode (``train()`` keeps it in eval: BatchNorm statistics are frozen) and every parameter has
+    ``requires_grad=False``.
+
+    Attributes:
+        name: ``"resnet18"``, ``"resnet101"`` or ``"mobilenet_v2"``.
+        channels: FRTM key -> channel count, for every key this backbone can return.
+        strides: FRTM key -> stride.
+        target_layer: the key the target model D reads (``"layer4"``, or ``"layer4_expand"`` for MobileNetV2).
+        seg_layers: the keys S reads, deep to shallow.
+        stride: stride of ``target_layer`` (16).
+        weights_path: the file the weights were loaded from (None for random init).
+    """
+
+    def __init__(self, name: str, body: nn.Module, target_layer: Optional[str] = None,
+                 weights_path: Optional[Path] = None):
+        super().__init__()
+        if name not in BACKBONE_CHANNELS:
+            raise ValueError(f"unknown backbone {name!r}; expected one of {BACKBONE_NAMES}")
+        self._order = _MOBILENET_ORDER if name == "mobilenet_v2" else _RESNET_ORDER
+        self.body = body
+        # Normalisation constants computed exactly as the released code does (float32 std/mean, then
+        # 1/255/std and -mean/std).
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        self._setup(name, BACKBONE_CHANNELS[name], BACKBONE_STRIDES[name], target_layer, 1 / 255 / std, -mean / std,
+                    weights_path)
+        self._freeze()
 
     # --- forward ------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, layers: Optional[Union[str, Sequence[str]]] = None

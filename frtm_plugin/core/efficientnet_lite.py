@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbone import IMAGENET_MEAN, IMAGENET_STD, SEG_LAYERS
+from .backbone import IMAGENET_MEAN, IMAGENET_STD, FrozenBackbone
 from .weights import WeightsNotFoundError
 
 __all__ = ["EfficientNetLiteBackbone", "build_efficientnet_lite", "EFFICIENTNET_LITE_NAMES", "weights_file",
@@ -125,40 +125,26 @@ def _block_taps(model: nn.Module) -> Dict[str, int]:
     return taps
 
 
-class EfficientNetLiteBackbone(nn.Module):
+class EfficientNetLiteBackbone(FrozenBackbone):
     """A frozen EfficientNet-Lite returning the released code's feature dict (see the module docstring)."""
-
-    seg_layers: Tuple[str, ...] = SEG_LAYERS
 
     def __init__(self, name: str, model: nn.Module, target_layer: Optional[str] = None,
                  weights_path: Optional[Path] = None, normalization: str = "tf"):
         super().__init__()
         _variant(name)
-        self.name = name
         for attr in ("_fc", "_dropout", "_avg_pooling"):
             if hasattr(model, attr):
                 delattr(model, attr)
         self.body = model
         self._taps = _block_taps(model)
         blocks = model._blocks
-        self.channels: Dict[str, int] = {
+        channels = {
             "layer2": blocks[self._taps["layer2"]]._bn2.num_features,
             "layer3": blocks[self._taps["layer3"]]._bn2.num_features,
             "layer4": blocks[self._taps["layer4"]]._bn2.num_features,
             "layer4_expand": blocks[self._taps["layer4_expand"]]._bn0.num_features,
             "layer5": model._bn1.num_features,
         }
-        self.strides: Dict[str, int] = dict(STRIDES)
-        target_layer = "layer4" if target_layer is None else target_layer
-        if target_layer not in self.channels:
-            raise ValueError(f"target_layer {target_layer!r} is not offered by {name}; "
-                             f"choose one of {sorted(self.channels)}")
-        if self.strides[target_layer] != 16:
-            raise ValueError(f"target_layer {target_layer!r} has stride {self.strides[target_layer]}; "
-                             "the target model needs a stride-16 layer")
-        self.target_layer = target_layer
-        self.stride = 16
-        self.weights_path = weights_path
         if normalization == "tf":
             mean = torch.full((1, 3, 1, 1), TF_MEAN)
             std = torch.full((1, 3, 1, 1), TF_STD)
@@ -170,23 +156,8 @@ class EfficientNetLiteBackbone(nn.Module):
         else:
             raise ValueError(f"normalization must be 'tf' or 'imagenet', got {normalization!r}")
         self.normalization = normalization
-        self.register_buffer("_scale", scale, persistent=False)
-        self.register_buffer("_shift", shift, persistent=False)
-        for p in self.parameters():
-            p.requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> "EfficientNetLiteBackbone":
-        """Frozen: stays in eval mode whatever ``mode`` is."""
-        return super().train(False)
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dim() == 3:
-            images = images.unsqueeze(0)
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected RGB images of shape (B,3,H,W) or (3,H,W), got {tuple(images.shape)}")
-        x = images.to(device=self._scale.device, dtype=self._scale.dtype)
-        return x * self._scale + self._shift
+        self._setup(name, channels, STRIDES, target_layer, scale, shift, weights_path)
+        self._freeze()
 
     @staticmethod
     def pad(x: torch.Tensor) -> torch.Tensor:
@@ -194,20 +165,6 @@ class EfficientNetLiteBackbone(nn.Module):
         h, w = x.shape[-2:]
         ph, pw = -h % PAD_MULTIPLE, -w % PAD_MULTIPLE
         return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
-
-    def _requested(self, layers) -> Tuple[str, ...]:
-        if layers is None:
-            req = list(self.seg_layers)
-            if self.target_layer not in req:
-                req.append(self.target_layer)
-        elif isinstance(layers, str):
-            req = [layers]
-        else:
-            req = list(layers)
-        bad = [L for L in req if L not in self.channels]
-        if bad:
-            raise ValueError(f"{self.name} offers no layer(s) {bad}; available: {sorted(self.channels)}")
-        return tuple(dict.fromkeys(req))
 
     def forward(self, images: torch.Tensor, layers: Optional[Union[str, Sequence[str]]] = None
                 ) -> Dict[str, torch.Tensor]:

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 import fiftyone.core.models as fom
 
 from ..core.defaults import DEFAULT_MAX_SIZE
-from ..io.video import iter_video_frames
-from .labels import frame_field_name, instance_for, read_prompts, to_detections, to_segmentation
+from .labels import frame_field_name, to_detections, to_segmentation
+from .sdk import open_video_prompts
 
 OUTPUTS = ("detections", "both")
 
@@ -124,34 +124,17 @@ class FRTMVideoModel(fom.Model, fom.SamplesMixin):
         if getattr(sample, "support", None) is not None:
             raise ValueError("FRTMVideoModel runs on whole videos, not clip views: apply it to the videos")
         field = self.prompt_field()
-        expected = sample.metadata.total_frame_count if sample.metadata is not None else None
-        frames = iter_video_frames(sample.filepath,
-                                   expected_frames=expected - 1 if expected and expected > 1 else None)
-        try:
-            first = next(frames)
-            prompts = read_prompts(sample.frames.items(), field, first.shape[:2])
-            if not prompts.keyframes:
-                raise ValueError(f"no prompt: no frame of 'frames.{field}' holds an object (a mask, a box or a "
-                                 "filled polyline)")
-            instances = {obj: prompts.instances.get(obj) or instance_for(sample.id, obj)
-                         for frame in prompts.keyframes.values() for obj in frame}
-
-            def all_frames():
-                yield first
-                yield from frames
-
-            out: dict = {}
-            for res in propagate_in_video(self.tracker, all_frames(), prompts.keyframes,
+        out: dict = {}
+        with open_video_prompts(sample, field) as video:
+            for res in propagate_in_video(self.tracker, video.frames, video.prompts.keyframes,
                                           direction=self.config.direction, combine=self.config.combine,
-                                          num_frames=expected if expected and expected > 0 else None):
-                dets = to_detections(res.labels, res.probabilities, prompts.names, instances)
+                                          num_frames=video.num_frames):
+                dets = to_detections(res.labels, res.probabilities, video.prompts.names, video.instances)
                 if self.config.output == "detections":
                     out[res.index + 1] = dets
                 else:
                     out[res.index + 1] = {"segmentation": to_segmentation(res.labels), "instances": dets}
-            return out
-        finally:
-            frames.close()
+        return out
 
 
 def load_model(name: str = "default", *, prompt_field: str | None = None, **options) -> FRTMVideoModel:

@@ -153,7 +153,8 @@ class PropagateOperator(foo.Operator):
         samples = ctx.dataset.select(shard["sample_ids"], ordered=True) if shard else ctx.target_view()
         if not shard and _shards(ctx) > 1:
             # fail now on bad fields, not in each worker
-            sdk.check_request(samples, p["prompt_field"], p.get("label_field", "frtm"), force=bool(p.get("force")))
+            sdk.check_request(samples, p["prompt_field"], p.get("label_field", "frtm"), force=bool(p.get("force")),
+                              store_heatmaps=bool(p.get("store_heatmaps")))
             params = {k: v for k, v in p.items() if k not in ("delegate", "shards")}
             queued = sdk.queue_shards(samples, params, _shards(ctx), self.uri)
             return {"queued": len(queued["operations"]), "videos_per_shard": queued["videos"],

@@ -23,21 +23,38 @@ def _keys(ctx) -> list[str]:
     return sdk.davis_evaluation_keys(ctx.dataset) if ctx.dataset is not None else []
 
 
-class JFTimelinePanel(foo.Panel):
+class _EvaluationPanel(foo.Panel):
+    """What both panels share: load and reload on a new evaluation key, and the offer to evaluate when none exists."""
+
+    def on_load(self, ctx):
+        self._refresh(ctx)
+
+    def on_change_key(self, ctx):
+        ctx.panel.state.eval_key = ctx.params.get("value")
+        self._refresh(ctx)
+
+    def open_evaluate(self, ctx):
+        ctx.prompt("@frtm/frtm-vos/evaluate")
+
+    def _no_evaluation(self, message: str):
+        panel = types.Object()
+        panel.md(message, name="no_eval")
+        panel.btn("evaluate", label="Evaluate (DAVIS J&F)", on_click=self.open_evaluate)
+        return types.Property(panel, view=types.GridView(orientation="vertical"))
+
+    def _key_dropdown(self, ctx, panel, keys) -> None:
+        panel.enum("eval_key", keys, default=ctx.panel.state.eval_key, label="Evaluation",
+                   view=types.DropdownView(), on_change=self.on_change_key)
+
+
+class JFTimelinePanel(_EvaluationPanel):
     @property
     def config(self):
         return foo.PanelConfig(name="frtm_jf_timeline", label="FRTM: J&F over the video", surfaces="modal",
                                help_markdown="J (region) and F (boundary) of each object on every frame, for a "
                                              "DAVIS evaluation: click the plot to go to a frame.")
 
-    def on_load(self, ctx):
-        self._refresh(ctx)
-
     def on_change_current_sample(self, ctx):
-        self._refresh(ctx)
-
-    def on_change_key(self, ctx):
-        ctx.panel.state.eval_key = ctx.params.get("value")
         self._refresh(ctx)
 
     def _refresh(self, ctx):
@@ -98,38 +115,24 @@ class JFTimelinePanel(foo.Panel):
             ctx.trigger("set_frame_number", {"frame_number": int(round(float(x)))})
             ctx.panel.state.clicked_frame = int(round(float(x)))
 
-    def open_evaluate(self, ctx):
-        ctx.prompt("@frtm/frtm-vos/evaluate")
-
     def render(self, ctx):
-        panel = types.Object()
         if not ctx.panel.state.has_eval:
-            panel.md("No DAVIS evaluation of this video yet: score predictions against ground truth first.",
-                     name="no_eval")
-            panel.btn("evaluate", label="Evaluate (DAVIS J&F)", on_click=self.open_evaluate)
-            return types.Property(panel, view=types.GridView(orientation="vertical"))
-        keys = _keys(ctx)
-        panel.enum("eval_key", keys, default=ctx.panel.state.eval_key, label="Evaluation",
-                   view=types.DropdownView(), on_change=self.on_change_key)
+            return self._no_evaluation("No DAVIS evaluation of this video yet: score predictions against ground "
+                                       "truth first.")
+        panel = types.Object()
+        self._key_dropdown(ctx, panel, _keys(ctx))
         panel.obj("frame_data", view=types.FrameLoaderView(on_load_range=self.on_load_range, target="plot"))
         panel.plot("plot", layout=self._layout(ctx.panel.state.num_frames or 1), on_click=self.on_click,
                    config={"displayModeBar": False, "responsive": True}, height="300px", width="100%")
         return types.Property(panel, view=types.GridView(orientation="vertical"))
 
 
-class JFVideosPanel(foo.Panel):
+class JFVideosPanel(_EvaluationPanel):
     @property
     def config(self):
         return foo.PanelConfig(name="frtm_jf_videos", label="FRTM: J&F per video", surfaces="grid",
                                help_markdown="J&F of every video for a DAVIS evaluation (two side by side), the "
                                              "dataset summary; click a bar to open the video.")
-
-    def on_load(self, ctx):
-        self._refresh(ctx)
-
-    def on_change_key(self, ctx):
-        ctx.panel.state.eval_key = ctx.params.get("value")
-        self._refresh(ctx)
 
     def on_change_other(self, ctx):
         ctx.panel.state.other_key = ctx.params.get("value")
@@ -147,14 +150,15 @@ class JFVideosPanel(foo.Panel):
         ds = ctx.dataset
         ids = ds.values("id")
         names = [p.rsplit("/", 1)[-1] for p in ds.values("filepath")]
+        shown = [x for x in (key, other) if x]
         traces = []
-        for k, name in enumerate(x for x in (key, other) if x):
+        for k, name in enumerate(shown):
             values = ds.values(f"{name}_JF") if f"{name}_JF" in ds.get_field_schema() else [None] * len(ids)
             traces.append({"type": "bar", "name": name, "x": names, "y": values, "ids": ids,
                            "marker": {"color": COLORS[k]}})
         ctx.panel.data.bars = traces
         rows = []
-        for name in (x for x in (key, other) if x):
+        for name in shown:
             o = ds.info["frtm_evaluations"][name]["overall"]
             cells = [o.get(k) for k in ("J&F", "J", "F", "J-recall", "J-decay", "F-recall", "F-decay")]
             rows.append(f"| {name} ({ds.info['frtm_evaluations'][name]['pred_field']}) | " +
@@ -167,9 +171,6 @@ class JFVideosPanel(foo.Panel):
         if sample_id:
             ctx.ops.open_sample(id=sample_id)
 
-    def open_evaluate(self, ctx):
-        ctx.prompt("@frtm/frtm-vos/evaluate")
-
     def show_worst(self, ctx):
         from . import sdk
 
@@ -178,14 +179,11 @@ class JFVideosPanel(foo.Panel):
         ctx.ops.set_view(view)
 
     def render(self, ctx):
-        panel = types.Object()
         if not ctx.panel.state.has_eval:
-            panel.md("No DAVIS evaluation on this dataset yet.", name="no_eval")
-            panel.btn("evaluate", label="Evaluate (DAVIS J&F)", on_click=self.open_evaluate)
-            return types.Property(panel, view=types.GridView(orientation="vertical"))
+            return self._no_evaluation("No DAVIS evaluation on this dataset yet.")
+        panel = types.Object()
         keys = _keys(ctx)
-        panel.enum("eval_key", keys, default=ctx.panel.state.eval_key, label="Evaluation",
-                   view=types.DropdownView(), on_change=self.on_change_key)
+        self._key_dropdown(ctx, panel, keys)
         if len(keys) > 1:
             panel.enum("other_key", keys, default=ctx.panel.state.other_key, label="Compare with",
                        view=types.DropdownView(), on_change=self.on_change_other)

@@ -21,8 +21,6 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-import fiftyone as fo
-
 from .labels import frame_field_name, frame_field_type
 
 log = logging.getLogger(__name__)

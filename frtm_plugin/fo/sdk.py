@@ -11,12 +11,15 @@ configuration skips it. Labels are written in bulk, a chunk of frames per databa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from typing import Iterator
 
 import numpy as np
 
@@ -140,6 +143,41 @@ class _Job:
     shard: dict | None = None
 
 
+@dataclass
+class VideoPrompts:
+    """One video opened for propagation (:func:`open_video_prompts`)."""
+
+    frames: Iterator[np.ndarray]  # every frame, the first included, decoded once front to back
+    prompts: object  # labels.PromptSet: the keyframes, class names, instances, corrections
+    instances: dict  # object id -> the fo.Instance its outputs carry (the prompt's, else one derived from the id)
+    num_frames: int | None  # the count FiftyOne declares (None when unknown)
+
+
+@contextlib.contextmanager
+def open_video_prompts(sample, prompt_field: str, corrections_field: str | None = None):
+    """A video's decoder and its prompts, checked against its first frame: what the SDK and the apply_model video
+    model both run ``propagate_in_video`` on. No prompt, or no frame, raises ValueError; the decoder is closed on
+    leaving the block."""
+    expected = sample.metadata.total_frame_count if sample.metadata is not None else None
+    # FiftyOne's count may be an estimate (duration x rate) where the container has no index: allow one frame
+    frames = iter_video_frames(sample.filepath, expected_frames=expected - 1 if expected and expected > 1 else None)
+    try:
+        first = next(frames, None)
+        if first is None:
+            raise ValueError(f"{sample.filepath} holds no frame")
+        prompts = read_prompts(sample.frames.items(), prompt_field, first.shape[:2],
+                               corrections_field=corrections_field)
+        if not prompts.keyframes:
+            raise ValueError(f"no prompt: no frame of 'frames.{prompt_field}' holds an object (a mask, a box or a "
+                             "filled polyline)")
+        instances = {obj: prompts.instances.get(obj) or instance_for(sample.id, obj)
+                     for frame in prompts.keyframes.values() for obj in frame}
+        yield VideoPrompts(itertools.chain([first], frames), prompts, instances,
+                           expected if expected and expected > 0 else None)
+    finally:
+        frames.close()
+
+
 def _propagate_one(job: _Job, sample, key: str, on_frame, previous_keyframes: dict | None = None) -> tuple[int, int]:
     """Track one video through the core's video loop and write its labels, then mark it done with ``key``; returns
     (frames written, keyframes used). Bad input (no prompt, a mask of the wrong size, an unreadable video) raises
@@ -150,73 +188,59 @@ def _propagate_one(job: _Job, sample, key: str, on_frame, previous_keyframes: di
     out, lock = job.out, job.lock
     marker = out["marker"]
     target = None
-    expected = sample.metadata.total_frame_count if sample.metadata is not None else None
-    # FiftyOne's count may be an estimate (duration x rate) where the container has no index: allow one frame
-    frames = iter_video_frames(sample.filepath, expected_frames=expected - 1 if expected and expected > 1 else None)
     n = 0
+    corrections = job.out["instances"] if job.store_instances else None
     try:
-        first = next(frames)
-        prompts = read_prompts(sample.frames.items(), job.prompt_field, first.shape[:2],
-                               corrections_field=job.out["instances"] if job.store_instances else None)
-        if not prompts.keyframes:
-            raise ValueError(f"no prompt: no frame of 'frames.{job.prompt_field}' holds an object (a mask, a box or a "
-                             "filled polyline)")
-        instances = {obj: prompts.instances.get(obj) or instance_for(sample.id, obj)
-                     for frame in prompts.keyframes.values() for obj in frame}
-        digests = keyframe_digests(prompts.keyframes)
-        # what is not a keyframe's mask but is written on every frame: class labels, instances, the prompt field
-        digests["labels"] = hashlib.sha1(json.dumps([job.prompt_field, sorted(prompts.names.items()), sorted(
-            (o, str(i.id)) for o, i in instances.items())]).encode()).hexdigest()[:16]
-        if previous_keyframes is not None and expected and previous_keyframes.get("labels") == digests["labels"]:
-            # same configuration, same objects and labels, other keyframes: recompute only what they change
-            previous_keyframes = {k: v for k, v in previous_keyframes.items() if k != "labels"}
-            current = {k: v for k, v in digests.items() if k != "labels"}
-            spans = changed_spans(previous_keyframes, current, expected, job.direction)
-            if _spans_can_be_recomputed(job, prompts, spans):
-                n = _recompute_spans(job, sample, prompts, instances, spans)
-                target = job.dataset[sample.id]
-                target[marker], target[out["keyframes"]] = key, digests
-                target.save()
-                return n, prompts.num_keyframes
+        with open_video_prompts(sample, job.prompt_field, corrections) as video:
+            prompts, instances, expected = video.prompts, video.instances, video.num_frames
+            digests = keyframe_digests(prompts.keyframes)
+            # what is not a keyframe's mask but is written on every frame: class labels, instances, the prompt field
+            digests["labels"] = hashlib.sha1(json.dumps([job.prompt_field, sorted(prompts.names.items()), sorted(
+                (o, str(i.id)) for o, i in instances.items())]).encode()).hexdigest()[:16]
+            if previous_keyframes is not None and expected and previous_keyframes.get("labels") == digests["labels"]:
+                # same configuration, same objects and labels, other keyframes: recompute only what they change
+                previous_keyframes = {k: v for k, v in previous_keyframes.items() if k != "labels"}
+                current = {k: v for k, v in digests.items() if k != "labels"}
+                spans = changed_spans(previous_keyframes, current, expected, job.direction)
+                if _spans_can_be_recomputed(job, prompts, spans):
+                    n = _recompute_spans(job, sample, prompts, instances, spans)
+                    target = job.dataset[sample.id]
+                    target[marker], target[out["keyframes"]] = key, digests
+                    target.save()
+                    return n, prompts.num_keyframes
 
-        def all_frames():
-            yield first
-            yield from frames
-
-        outputs = propagate_in_video(job.tracker, all_frames(), prompts.keyframes, direction=job.direction,
-                                     combine=job.combine, num_frames=expected if expected and expected > 0 else None)
-        pending = 0
-        for res in outputs:  # the first output comes only after every keyframe was checked against the frame
-            if target is None:
-                target = job.dataset[sample.id]
-                target[marker] = None  # in progress: a resumed run redoes this video
-                target.save()
-            fr = target.frames[res.index + 1]
-            fr[out["segmentation"]] = to_segmentation(res.labels)
-            if job.store_instances:
-                corrected = [obj for obj in res.keyframe_objects if (res.index, obj) in prompts.corrections]
-                fr[out["instances"]] = to_detections(res.labels, res.probabilities, prompts.names, instances,
-                                                     keyframes=corrected)
-            if job.store_heatmaps:
-                fr[out["heatmap"]] = to_heatmap(res.coarse_scores)
-            n += 1
-            pending += 1
-            if pending >= job.chunk:
-                lock.check()  # never write on after another run took the field over
-                target.save()  # one bulk write per chunk of frames
-                pending = 0
-            on_frame()
-        lock.check()
-        target[marker] = key  # stored with the last chunk: the video is complete
-        target[out["keyframes"]] = digests  # what a later run compares to recompute only what changed
-        target.save()
-        return n, prompts.num_keyframes
+            outputs = propagate_in_video(job.tracker, video.frames, prompts.keyframes, direction=job.direction,
+                                         combine=job.combine, num_frames=expected)
+            pending = 0
+            for res in outputs:  # the first output comes only after every keyframe was checked against the frame
+                if target is None:
+                    target = job.dataset[sample.id]
+                    target[marker] = None  # in progress: a resumed run redoes this video
+                    target.save()
+                fr = target.frames[res.index + 1]
+                fr[out["segmentation"]] = to_segmentation(res.labels)
+                if job.store_instances:
+                    corrected = [obj for obj in res.keyframe_objects if (res.index, obj) in prompts.corrections]
+                    fr[out["instances"]] = to_detections(res.labels, res.probabilities, prompts.names, instances,
+                                                         keyframes=corrected)
+                if job.store_heatmaps:
+                    fr[out["heatmap"]] = to_heatmap(res.coarse_scores)
+                n += 1
+                pending += 1
+                if pending >= job.chunk:
+                    lock.check()  # never write on after another run took the field over
+                    target.save()  # one bulk write per chunk of frames
+                    pending = 0
+                on_frame()
+            lock.check()
+            target[marker] = key  # stored with the last chunk: the video is complete
+            target[out["keyframes"]] = digests  # what a later run compares to recompute only what changed
+            target.save()
+            return n, prompts.num_keyframes
     except TruncatedVideoError as e:
         if target is not None:
             target.save()  # the frames written so far are kept; the video stays not done
         raise TruncatedVideoError(e.path, e.decoded, e.expected, labelled=n) from None
-    finally:
-        frames.close()
 
 
 def _spans_can_be_recomputed(job: _Job, prompts, spans: dict) -> bool:
@@ -336,10 +360,8 @@ def propagate(samples, prompt_field: str, label_field: str, model: str = "defaul
     from ..models import build_tracker
 
     prompt_field = frame_field_name(prompt_field)
-    # Checked before the model loads, so bad input fails fast; while another FRTM run holds the field its labels
-    # are FRTM's (its run record may be mid-update): the ownership check then waits for the claim, below.
-    busy = FieldLock.holder(samples._dataset, label_field) is not None
-    _check_fields(samples, prompt_field, label_field, store_instances, store_heatmaps, force or busy)
+    # checked before the model loads, so bad input fails fast; again below, once the field is ours
+    check_request(samples, prompt_field, label_field, force, store_instances, store_heatmaps)
     out = output_fields(label_field)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if direction not in ("forward", "both") or combine not in ("blend", "nearest"):
@@ -367,11 +389,14 @@ def propagate(samples, prompt_field: str, label_field: str, model: str = "defaul
     return report
 
 
-def check_request(samples, prompt_field: str, label_field: str, force: bool = False) -> None:
-    """The checks :func:`propagate` makes before it loads a model (fields, types, the guards on the output), for a
-    caller that queues the work elsewhere (sharded runs)."""
+def check_request(samples, prompt_field: str, label_field: str, force: bool = False, store_instances: bool = True,
+                  store_heatmaps: bool = False) -> None:
+    """The checks :func:`propagate` makes before it loads a model (fields, types, the guards on the output); also for
+    a caller that queues the work elsewhere (sharded runs). While another FRTM run holds the field its labels are
+    FRTM's (its run record may be mid-update): the ownership check is then left to the claim."""
     busy = FieldLock.holder(samples._dataset, label_field) is not None
-    _check_fields(samples, frame_field_name(prompt_field), label_field, True, False, force or busy)
+    _check_fields(samples, frame_field_name(prompt_field), label_field, store_instances, store_heatmaps,
+                  force or busy)
 
 
 def _propagate_all(job: _Job, samples, label_field, run_config, run_hash, overwrite, progress) -> PropagationReport:
@@ -520,17 +545,14 @@ def evaluation_field_paths(samples, pred_field: str, eval_key: str) -> list[str]
     """The paths a DAVIS evaluation under ``eval_key`` writes: sample fields, ``frames.`` fields, and the
     per-object attributes on ``frames.<pred>_instances.detections`` when that field exists."""
     names = evaluation_fields(eval_key)
-    paths = names["sample"] + ["frames." + x for x in names["frame"]]
-    inst = f"{frame_field_name(pred_field)}_instances"
-    if frame_field_type(samples, inst) is fo.Detections:
-        paths += [f"frames.{inst}.detections.{eval_key}_{m}" for m in ("J", "F")]
-    return paths
+    return names["sample"] + ["frames." + x for x in names["frame"]] + [
+        f"frames.{inst}.detections.{attr}" for inst, attr in _detection_attribute_paths(samples, pred_field, eval_key)]
 
 
-def _detection_attribute_paths(dataset, pred_field: str, eval_key: str) -> list[tuple[str, str]]:
+def _detection_attribute_paths(samples, pred_field: str, eval_key: str) -> list[tuple[str, str]]:
     """(instances field, attribute) pairs a DAVIS evaluation writes on the predicted detections."""
     inst = f"{frame_field_name(pred_field)}_instances"
-    if frame_field_type(dataset, inst) is not fo.Detections:
+    if frame_field_type(samples, inst) is not fo.Detections:
         return []
     return [(inst, f"{eval_key}_{m}") for m in ("J", "F")]
 
@@ -571,8 +593,8 @@ def rename_davis_evaluation(samples, pred_field: str, eval_key: str, new_eval_ke
     for old, new in zip(names["frame"], new_names["frame"]):
         if old in frame_schema:
             dataset.rename_frame_field(old, new)
-    for field, attr in _detection_attribute_paths(dataset, pred_field, eval_key):
-        _rename_detection_attribute(dataset, field, attr, new_eval_key + attr[len(eval_key):])
+    for inst, attr in _detection_attribute_paths(dataset, pred_field, eval_key):
+        _rename_detection_attribute(dataset, inst, attr, new_eval_key + attr[len(eval_key):])
     info = dataset.info.get("frtm_evaluations", {})
     if eval_key in info:
         info[new_eval_key] = dict(info.pop(eval_key), eval_key=new_eval_key)
@@ -591,8 +613,8 @@ def delete_davis_evaluation(samples, pred_field: str, eval_key: str) -> None:
     for name in names["frame"]:
         if name in frame_schema:
             dataset.delete_frame_field(name)
-    for field, attr in _detection_attribute_paths(dataset, pred_field, eval_key):
-        _unset_detection_attribute(dataset, field, attr)
+    for inst, attr in _detection_attribute_paths(dataset, pred_field, eval_key):
+        _unset_detection_attribute(dataset, inst, attr)
     info = dataset.info.get("frtm_evaluations", {})
     if eval_key in info:
         del info[eval_key]
