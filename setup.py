@@ -98,7 +98,7 @@ setup(
     version=_version(),
     description="FRTM video object segmentation for FiftyOne",
     packages=find_packages(include=["frtm_plugin", "frtm_plugin.*"]),
-    package_data={"frtm_plugin": ["weights/*.pth", "weights/*.md"]},
+    package_data={"frtm_plugin": ["weights/*.pth", "weights/*.md", "js/*.js"]},
     python_requires=">=3.10",
     # the library: tracking, decoding (PyAV)
     install_requires=["torch", "torchvision", "numpy", "opencv-python-headless", "pillow", "tqdm", "av"],

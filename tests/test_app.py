@@ -502,3 +502,63 @@ def test_grid_panel_lists_videos_with_their_jf(page, app_dataset, app_url):
         pw.expect(page.get_by_text("Show the worst frames")).to_be_visible()
         page.mouse.move(2, 2)
         page.screenshot(path=str(ARTIFACTS / "jf_videos_panel.png"))
+
+
+def _plot_traces(pg, panel_id):
+    """The traces Plotly holds for the panel's plot: [{name, x, y}]."""
+    return pg.evaluate("""(id) => Array.from(document.querySelector(`[data-cy="panel-content-${id}"] .js-plotly-plot`)
+        .data).map(t => ({name: t.name, x: Array.from(t.x || []), y: Array.from(t.y || [])}))""", panel_id)
+
+
+def test_modal_panel_plots_jf_and_moves_the_playhead(page, app_dataset, app_url):
+    """The modal's "FRTM: J&F over the video" panel beside the video (split view): one J line per object with the
+    stored J; a click on the plot at frame 5 moves the video there (the timeline then reads "#4", 0-based), and a step
+    of the video's own timeline moves the plot's playhead marker to frame 6. Screenshot:
+    artifacts/app/jf_timeline_panel.png."""
+    from frtm_plugin.fo import sdk
+
+    ds = app_dataset
+    frtm_plugin.evaluate(ds, "frtm", "gt", eval_key="davis", progress=False)
+    sample = ds.first()
+    series = sdk.jf_series(sample, ds, "davis")
+    panel_id = "frtm_jf_timeline"
+    with _failure_shot(page, "jf_timeline_panel"):
+        _open(page, f"{app_url}/datasets/{ds.name}?id={sample.id}",
+              '[data-cy="modal"] [data-cy="checkbox-frames.frtm"]')
+        modal = page.locator('[data-cy="modal"]')
+        tab = modal.locator(f'[data-cy="panel-tab-{panel_id}"]')
+        try:  # 1.22 lists the plugin's modal panels as tabs of the modal
+            tab.wait_for(timeout=15_000)
+        except pw.TimeoutError:  # otherwise they are one click away, in the "+" menu
+            modal.locator('[data-cy="new-panel-btn"]').first.click()
+            page.get_by_text("FRTM: J&F over the video").first.click()
+        tab.click()
+        modal.locator('button[title="Split horizontally"]').first.click()
+        plot = modal.locator(f'[data-cy="panel-content-{panel_id}"] .js-plotly-plot')
+        pw.expect(plot).to_be_visible(timeout=60_000)
+
+        traces = {t["name"]: t for t in _plot_traces(page, panel_id)}
+        objects = list(series["objects"])
+        assert [n for n in traces if n.endswith(" J")] == [f"object {o} J" for o in objects]
+        for o in objects:
+            assert traces[f"object {o} J"]["y"] == pytest.approx(series["objects"][o]["J"], nan_ok=True)
+        assert traces["frame J&F"]["y"] == pytest.approx(series["JF"], nan_ok=True)
+
+        time_label = modal.get_by_test_id("timeline-playhead-time")
+        pw.expect(time_label).not_to_have_text("0:00.00 / 0:00.00", timeout=30_000)
+        time_label.click()  # frame numbers instead of time
+        pw.expect(time_label).to_have_text(f"#0 / #{N_FRAMES}")
+        area = plot.locator(".nsewdrag").first.bounding_box()
+        x_min, x_max = 0.5, N_FRAMES + 0.5  # the x axis range the panel sets
+        page.mouse.click(area["x"] + area["width"] * (5 - x_min) / (x_max - x_min), area["y"] + area["height"] / 2)
+        pw.expect(time_label).to_have_text(f"#4 / #{N_FRAMES}", timeout=30_000)
+
+        modal.get_by_test_id("timeline-controls-step-forward").click()
+        pw.expect(time_label).to_have_text(f"#5 / #{N_FRAMES}", timeout=10_000)
+        deadline = time.monotonic() + 30
+        while _plot_traces(page, panel_id)[-1]["x"] != [6, 6]:
+            assert time.monotonic() < deadline, f"the playhead marker stayed at {_plot_traces(page, panel_id)[-1]}"
+            page.wait_for_timeout(250)
+        page.mouse.move(2, 2)
+        page.screenshot(path=str(ARTIFACTS / "jf_timeline_panel.png"))
+    _close_modal(page)

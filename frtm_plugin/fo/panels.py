@@ -14,6 +14,7 @@ from __future__ import annotations
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+PLUGIN = "@frtm/frtm-vos"
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
@@ -34,7 +35,7 @@ class _EvaluationPanel(foo.Panel):
         self._refresh(ctx)
 
     def open_evaluate(self, ctx):
-        ctx.prompt("@frtm/frtm-vos/evaluate")
+        ctx.prompt(f"{PLUGIN}/evaluate")
 
     def _no_evaluation(self, message: str):
         panel = types.Object()
@@ -87,7 +88,6 @@ class JFTimelinePanel(_EvaluationPanel):
         ctx.panel.state.traces = traces  # the frame loader adds the playhead marker to these, frame by frame
         ctx.panel.state.num_frames = len(s["frames"])
         ctx.panel.data.plot = traces + [self._marker(1)]
-        ctx.panel.set_state("frame_data.signature", f"{key}:{ctx.current_sample}")
 
     @staticmethod
     def _marker(frame: int) -> dict:
@@ -98,22 +98,27 @@ class JFTimelinePanel(_EvaluationPanel):
     @staticmethod
     def _layout(num_frames: int) -> dict:
         return {"xaxis": {"title": {"text": "frame"}, "range": [0.5, max(num_frames, 1) + 0.5]},
-                "yaxis": {"title": {"text": "J / F"}, "range": [0, 1.1]}, "height": 300, "width": 480,
-                "margin": {"l": 50, "r": 10, "t": 10, "b": 40}, "legend": {"orientation": "h", "y": -0.3},
+                "yaxis": {"title": {"text": "J / F"}, "range": [0, 1.1]}, "height": 340, "width": 520,
+                "margin": {"l": 50, "r": 10, "t": 10, "b": 90}, "showlegend": True,
+                "legend": {"orientation": "h", "x": 0, "xanchor": "left", "y": -0.3, "yanchor": "top"},
                 "hovermode": "closest"}
 
     def on_load_range(self, ctx):
-        """The frame loader asks for a range of frames (0-based, as the timeline counts): the plot with the
-        playhead marker on each."""
-        start, stop = ctx.params.get("range", [0, 0])
+        """The frame loader asks for the plot on a range of frames (1-based frame numbers, both ends included): the
+        plot with the playhead marker on each. A new signature with the frames tells the loader they arrived."""
+        start, end = ctx.params.get("range", [1, 0])
         traces = ctx.panel.state.traces or []
-        ctx.panel.set_data({f"frame_data.frames[{i}]": traces + [self._marker(i + 1)] for i in range(start, stop)})
+        update = {f"frame_data.frames[{f}]": traces + [self._marker(f)] for f in range(int(start), int(end) + 1)}
+        update["frame_data.signature"] = f"{ctx.panel.state.eval_key}:{ctx.current_sample}:{start}-{end}"
+        ctx.panel.set_data(update)
 
     def on_click(self, ctx):
         x = ctx.params.get("x")
         if x is not None:
-            ctx.trigger("set_frame_number", {"frame_number": int(round(float(x)))})
-            ctx.panel.state.clicked_frame = int(round(float(x)))
+            frame = int(round(float(x)))
+            # The plugin's JS operator (frtm_plugin/js/frtm.js): 1.22's modal video ignores set_frame_number.
+            ctx.trigger(f"{PLUGIN}/seek_modal_frame", {"frame_number": frame})
+            ctx.panel.state.clicked_frame = frame
 
     def render(self, ctx):
         if not ctx.panel.state.has_eval:
@@ -121,9 +126,12 @@ class JFTimelinePanel(_EvaluationPanel):
                                        "truth first.")
         panel = types.Object()
         self._key_dropdown(ctx, panel, _keys(ctx))
+        # The JS bridge creates the timeline the FrameLoaderView follows (1.22's modal video no longer does).
+        panel.view("timeline_bridge", types.View(component="FrtmTimelineBridge", composite_view=True,
+                                                 total_frames=ctx.panel.state.num_frames or 1))
         panel.obj("frame_data", view=types.FrameLoaderView(on_load_range=self.on_load_range, target="plot"))
         panel.plot("plot", layout=self._layout(ctx.panel.state.num_frames or 1), on_click=self.on_click,
-                   config={"displayModeBar": False, "responsive": True}, height="300px", width="100%")
+                   config={"displayModeBar": False}, height="340px", width="520px")
         return types.Property(panel, view=types.GridView(orientation="vertical"))
 
 
