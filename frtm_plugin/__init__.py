@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     # The FiftyOne SDK is imported only when asked for: the core library does not need FiftyOne.
-    if name in ("propagate", "evaluate", "compute_davis", "run_config"):
+    if name in ("propagate", "evaluate", "compute_davis", "run_config", "show_heatmap"):
         from .fo import sdk
 
         return getattr(sdk, name)

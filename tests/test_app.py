@@ -148,14 +148,20 @@ def app_url(app_dataset, tmp_path_factory):
         # A fresh server holds no dataset, and the first browser to connect sometimes ends on "No dataset selected"
         # (a race in the App's start-up). Open the dataset once through the App's own event endpoint, as the App's
         # initializer would, so the server's state holds it before any browser connects.
-        body = ('{"initializer": {"dataset": "%s"}, "events": ["state_update"], "subscription": "frtm-test-warmup",'
-                ' "polling": true}' % app_dataset.name).encode()
-        req = urllib.request.Request(url + "/events", data=body, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as r:  # loopback only
-            assert app_dataset.name in r.read().decode()
+        _load_in_server(url, app_dataset.name)
         yield url
     finally:
         _stop(proc)
+
+
+def _load_in_server(url, name):
+    """(Re)load a dataset into the App server's state through the App's own event endpoint, as the App's
+    initializer does: the state then holds the dataset and its current App config (the colour scheme)."""
+    body = ('{"initializer": {"dataset": "%s"}, "events": ["state_update"], "subscription": "frtm-test-%s",'
+            ' "polling": true}' % (name, time.monotonic_ns())).encode()
+    req = urllib.request.Request(url + "/events", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:  # loopback only
+        assert name in r.read().decode()
 
 
 @pytest.fixture(scope="module")
@@ -502,12 +508,19 @@ def test_grid_panel_lists_videos_with_their_jf(page, app_dataset, app_url):
         pw.expect(page.get_by_text("Show the worst frames")).to_be_visible()
         page.mouse.move(2, 2)
         page.screenshot(path=str(ARTIFACTS / "jf_videos_panel.png"))
+        # Close it: the App keeps open panels in the session, and the modal tests after this one expect none.
+        page.locator('[data-cy="panel-tab-frtm_jf_videos"] button[title="Close"]').first.click()
+        pw.expect(page.locator('[data-cy="panel-tab-frtm_jf_videos"]')).to_have_count(0)
 
 
 def _plot_traces(pg, panel_id):
     """The traces Plotly holds for the panel's plot: [{name, x, y}]."""
-    return pg.evaluate("""(id) => Array.from(document.querySelector(`[data-cy="panel-content-${id}"] .js-plotly-plot`)
-        .data).map(t => ({name: t.name, x: Array.from(t.x || []), y: Array.from(t.y || [])}))""", panel_id)
+    handle = pg.wait_for_function("""(id) => {
+        const plot = document.querySelector(`[data-cy="panel-content-${id}"] .js-plotly-plot`);
+        return plot && plot.data ? plot.data.map(t => ({name: t.name, x: Array.from(t.x || []),
+                                                         y: Array.from(t.y || [])})) : null;
+    }""", arg=panel_id, timeout=30_000)  # the panel redraws its plot as frames load
+    return handle.json_value()
 
 
 def test_modal_panel_plots_jf_and_moves_the_playhead(page, app_dataset, app_url):
@@ -562,3 +575,47 @@ def test_modal_panel_plots_jf_and_moves_the_playhead(page, app_dataset, app_url)
         page.mouse.move(2, 2)
         page.screenshot(path=str(ARTIFACTS / "jf_timeline_panel.png"))
     _close_modal(page)
+
+
+def test_heatmap_at_frame_size_in_the_colour_scale(page, app_dataset, app_url):
+    """Coarse-score heatmaps stored by a propagation, shown alone on the last frame with "colour by value" chosen
+    in the App's colour settings: drawn in the viridis scale, green to yellow (scores from 0.5 up) where the stored
+    mask is, purple (low scores) or nothing (0) elsewhere. Screenshot: artifacts/app/heatmap.png."""
+    ds = app_dataset
+    frtm_plugin.propagate(ds, "prompt", "scored", model="d-only", max_size=256, store_heatmaps=True, progress=False)
+    last = ds.first().frames[N_FRAMES]["scored"].get_mask() > 0
+    assert any(c["path"] == "frames.scored_scores" for c in ds.app_config.color_scheme.colorscales)
+    fields = ["frames.gt", "frames.prompt", "frames.frtm", "frames.frtm_instances", "frames.scored",
+              "frames.scored_instances", "frames.scored_scores"]
+    try:
+        with _failure_shot(page, "heatmap"):
+            _open(page, f"{app_url}/datasets/{ds.name}?id={ds.first().id}",
+                  '[data-cy="modal"] [data-cy="checkbox-frames.scored_scores"]')
+            modal = page.locator('[data-cy="modal"]')
+            sample_tab = modal.locator('[data-cy="panel-tab-fo-sample-modal-plugin"]')
+            if sample_tab.count():
+                sample_tab.first.click()
+            _show_only(modal, ["frames.scored_scores"], fields)
+            # As a user would: colour annotations by value (the App draws heatmaps in the field's colour, fading
+            # with the score, when colouring by field).
+            modal.locator('[data-cy="action-color-settings"]').first.click()
+            page.locator('[data-cy="colorBy-controls"]').get_by_text("value", exact=True).click()
+            page.locator('[data-cy="close-color-modal"]').click()
+            page.wait_for_timeout(1000)
+            _go_to_last_frame(page, modal)
+            shot = _png(modal.locator('[data-cy="looker"] canvas').screenshot())
+            page.screenshot(path=str(ARTIFACTS / "heatmap.png"))
+        y0, y1, x0, x1 = _image_rect(shot)
+        region = shot[y0:y1, x0:x1]
+        inside = _fit(last, y1 - y0, x1 - x0)
+        green_over_blue = region[..., 1] - region[..., 2]  # viridis: > 0 from teal (0.5) up, < 0 at its purple end
+        inside_gb, outside_gb = green_over_blue[inside].mean(), green_over_blue[~inside].mean()
+        print("G - B inside / outside the mask:", inside_gb, outside_gb)
+        assert inside_gb > outside_gb + 40
+    finally:
+        for f in ("scored", "scored_instances", "scored_scores"):
+            ds.delete_frame_field(f)
+        ds.delete_sample_fields(["scored_frtm", "scored_frtm_keyframes"])
+        ds.app_config.color_scheme = _overlay_scheme()
+        ds.save()
+        _load_in_server(app_url, ds.name)

@@ -93,3 +93,16 @@ def test_panel_numbers_equal_evaluate_sequence(demo_clip):
         worst = worst_frames_view(ds, "ev", 0.7)
         js = [j for j in series["objects"]["1"]["J"] if j is not None]
         assert worst.count("frames") == sum(j < 0.7 for j in js) > 0
+
+
+def test_evaluating_again_under_the_same_key_replaces_it(demo_clip, caplog):
+    """FiftyOne deletes the old run (our cleanup) and runs the metric again: the same summary, through the custom
+    metric (no fallback), with one set of fields."""
+    with _evaluated("eval-again", demo_clip) as (ds, _):
+        first = ds.info["frtm_evaluations"]["ev"]
+        with caplog.at_level("WARNING"):
+            again = frtm_plugin.evaluate(ds, "p", "gt", eval_key="ev", progress=False)
+        assert "did not run the DAVIS metric" not in caplog.text
+        assert again["overall"] == first["overall"] and ds.list_evaluations() == ["ev"]
+        custom = ds.load_evaluation_results("ev").custom_metrics["@frtm/frtm-vos/davis_jf"]
+        assert custom["value"] == pytest.approx(first["overall"]["J&F"])

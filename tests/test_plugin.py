@@ -138,7 +138,8 @@ def test_heatmaps_and_detection_prompts(clip):
     assert fr[3]["out_instances"].detections[0].label == "skater"
     assert fr[1]["out_scores"] is None  # no coarse score on the start frame
     hm = fr[3]["out_scores"]
-    assert hm.map.dtype == np.float32 and hm.map.shape == (9, 16) and hm.range == [0.0, 1.0]
+    assert hm.map.dtype == np.uint8 and hm.map.shape == gt0.shape and hm.range == [0, 255]  # at the frame's size
+    assert hm.object_ids == [7] and hm.object_scores.shape == (1, 9, 16)  # and D's own grid, per object
     ds.delete()
 
 

@@ -87,6 +87,17 @@ def inference_size(hw: tuple[int, int], max_size: int | None) -> tuple[int, int]
     return max(1, round(h * s)), max(1, round(w * s))
 
 
+def coarse_score_map(scores, inference_hw: tuple[int, int], frame_hw: tuple[int, int]) -> np.ndarray:
+    """D's coarse scores (Hf, Wf) as a (H, W) float32 map of the frame in [0, 1] (the paper's Figure 1 view): the
+    same steps that make the D-only model's probabilities (upsampled to the inference size, clipped) and its output
+    (resized to the frame), so with the D-only model the map of a tracked object is its probability."""
+    s = torch.as_tensor(np.asarray(scores, dtype=np.float32))
+    m = ops.upsample(s, tuple(inference_hw)).clamp(0.0, 1.0)
+    if tuple(inference_hw) != tuple(frame_hw):
+        m = F.interpolate(m[None, None], size=tuple(frame_hw), mode="bilinear", align_corners=False)[0, 0]
+    return m.numpy()
+
+
 class FRTMTracker:
     def __init__(self, backbone, segnet=None, config: TrackerConfig = TrackerConfig(), device="cpu"):
         if config.reanchor not in ("memory", "restart"):

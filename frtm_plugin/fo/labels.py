@@ -234,12 +234,35 @@ def to_detections(labels: np.ndarray, probabilities: dict[int, np.ndarray], name
     return fo.Detections(detections=dets)
 
 
-def to_heatmap(coarse_scores: dict[int, np.ndarray]) -> fo.Heatmap | None:
-    """D's coarse scores (the paper's Figure 1 view): the max over objects, clipped to [0, 1], at feature size."""
+def to_heatmap(coarse_scores: dict[int, np.ndarray], inference_hw, frame_hw, shown: int | None = None
+               ) -> fo.Heatmap | None:
+    """D's coarse scores as a Heatmap at the frame's size: ``map`` (uint8, 255 = score 1) shows one object's scores
+    (``shown``) or, by default, the max over objects; each object's own scores stay on the label at feature size
+    (``object_scores`` float16 (K, Hf, Wf), ``object_ids``, ``inference_size``), so :func:`show_heatmap_object`
+    switches the map between objects without running the model again."""
     if not coarse_scores:
         return None
-    m = np.max(np.stack(list(coarse_scores.values())), axis=0)
-    return fo.Heatmap(map=np.clip(m, 0.0, 1.0).astype(np.float32), range=[0.0, 1.0])
+    ids = sorted(coarse_scores)
+    stack = np.stack([np.asarray(coarse_scores[i], np.float32) for i in ids]).astype(np.float16)
+    heatmap = fo.Heatmap(range=[0, 255], object_ids=ids, object_scores=stack,
+                         inference_size=[int(inference_hw[0]), int(inference_hw[1])])
+    show_heatmap_object(heatmap, shown, frame_hw)
+    return heatmap
+
+
+def show_heatmap_object(heatmap: fo.Heatmap, obj_id: int | None, frame_hw=None) -> None:
+    """Redraw a heatmap made by :func:`to_heatmap` for object ``obj_id`` (None: the max over its objects); a frame
+    where that object has no scores (not tracked there) shows an empty map. ``frame_hw`` defaults to the map's."""
+    from ..core.tracker import coarse_score_map
+
+    hw = tuple(frame_hw) if frame_hw is not None else tuple(heatmap.map.shape[:2])
+    ids = list(heatmap["object_ids"])
+    rows = range(len(ids)) if obj_id is None else [ids.index(obj_id)] if obj_id in ids else []
+    m = np.zeros(hw, np.float32)
+    for r in rows:
+        m = np.maximum(m, coarse_score_map(heatmap["object_scores"][r], heatmap["inference_size"], hw))
+    heatmap.map = np.round(m * 255.0).astype(np.uint8)
+    heatmap["shown"] = obj_id
 
 
 def _digest_value(h, value) -> None:

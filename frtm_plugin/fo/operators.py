@@ -3,6 +3,7 @@
 
 ``@frtm/frtm-vos/propagate``: propagate prompt masks through the target videos (immediate or delegated).
 ``@frtm/frtm-vos/evaluate``: DAVIS J, F and J&F per frame, object and video.
+``@frtm/frtm-vos/show_heatmap``: show one object's coarse scores (or the max over objects) in stored heatmaps.
 ``@frtm/frtm-vos/davis_jf``: the same scores as a custom metric of FiftyOne's ``evaluate_segmentations``.
 """
 
@@ -223,6 +224,48 @@ class EvaluateOperator(foo.Operator):
         return {"J&F": o["J&F"], "J": o["J"], "F": o["F"]}
 
 
+class ShowHeatmapOperator(foo.Operator):
+    """Switch stored coarse-score heatmaps between one object and the max over objects, on the open video (modal)
+    or the current view: the map is redrawn from the per-object scores kept on each heatmap."""
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="show_heatmap", label="FRTM: show an object's coarse scores", dynamic=True)
+
+    @staticmethod
+    def _samples(ctx):
+        return ctx.dataset.select(ctx.current_sample) if ctx.current_sample else ctx.target_view()
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        fields = [f for f in _frame_fields(ctx, (fo.Heatmap,)) if f.endswith("_scores")]
+        if not fields:
+            inputs.view("none", types.Warning(label="No coarse-score heatmaps here",
+                                              description="Propagate with 'Store coarse-score heatmaps' first"),
+                        invalid=True, error_message="no heatmaps stored")
+            return types.Property(inputs)
+        field = ctx.params.get("field") if ctx.params.get("field") in fields else fields[0]
+        inputs.enum("field", fields, default=field, required=True, label="Heatmaps")
+        ids = sorted({i for ids in self._samples(ctx).values(f"frames.{field}.object_ids", unwind=True) if ids
+                      for i in ids})
+        choices = types.Dropdown()
+        choices.add_choice("all", label="All objects (max)")
+        for i in ids:
+            choices.add_choice(str(i), label=f"Object {i}")
+        inputs.enum("object", choices.values(), default="all", required=True, label="Show", view=choices)
+        where = "the open video" if ctx.current_sample else "every video of the current view"
+        inputs.view("where", types.Notice(label=f"Redraws the heatmaps of {where}"))
+        return types.Property(inputs, view=types.View(label="FRTM: show an object's coarse scores"))
+
+    def execute(self, ctx):
+        from . import sdk
+
+        chosen = ctx.params.get("object", "all")
+        n = sdk.show_heatmap(self._samples(ctx), ctx.params["field"], None if chosen == "all" else int(chosen))
+        ctx.trigger("reload_dataset")
+        return {"frames": n}
+
+
 class DavisJFMetric(EvaluationMetric):
     """DAVIS J&F as a custom metric of ``evaluate_segmentations`` (its value: J&F over all objects)."""
 
@@ -266,4 +309,5 @@ def register(plugin):
     plugin.register(JFVideosPanel)
     plugin.register(PropagateOperator)
     plugin.register(EvaluateOperator)
+    plugin.register(ShowHeatmapOperator)
     plugin.register(DavisJFMetric)

@@ -27,7 +27,7 @@ import fiftyone as fo
 
 from .. import __version__
 from ..core.target_model import SolverConfig
-from ..core.tracker import DEFAULT_MAX_SIZE, TrackerConfig
+from ..core.tracker import DEFAULT_MAX_SIZE, TrackerConfig, inference_size
 from .labels import (PROMPT_TYPES, frame_field_name, frame_field_type, instance_for, object_detection, prompt_digest,
                      read_prompts, to_detections, to_heatmap, to_segmentation)
 from .runs import (PROMPTS_CHANGED, FieldLock, FieldLockLostError, check_not_foreign, check_not_prompt_or_ground_truth,
@@ -102,10 +102,62 @@ def _declare_fields(dataset, out, store_instances, store_heatmaps) -> None:
                               ("heatmap", fo.Heatmap, store_heatmaps)):
         if wanted and out[kind] not in frame_schema:
             dataset.add_frame_field(out[kind], fo.EmbeddedDocumentField, embedded_doc_type=cls)
+    if store_heatmaps:
+        _add_heatmap_colorscale(dataset, out["heatmap"])
     if out["marker"] not in dataset.get_field_schema():
         dataset.add_sample_field(out["marker"], fo.StringField)
     if out["keyframes"] not in dataset.get_field_schema():
         dataset.add_sample_field(out["keyframes"], fo.DictField)
+
+
+# D's scores in a perceptually uniform scale, dark purple (0) through teal (0.5, D's decision level) to yellow (1),
+# on the map's uint8 range (0..255 for scores 0..1); a score of exactly 0 is left transparent by the App.
+HEATMAP_COLORSCALE = "viridis"
+
+
+def _add_heatmap_colorscale(dataset, heatmap_field: str) -> None:
+    """Give the heatmap field the plugin's colour scale in the dataset's App colour scheme, unless the user gave it
+    one: the rest of their scheme is kept. The App uses it when colouring by value; by field, it draws a heatmap in
+    the field's colour, fading with the score."""
+    path = f"frames.{heatmap_field}"
+    scheme = dataset.app_config.color_scheme or fo.ColorScheme()
+    scales = list(scheme.colorscales or [])
+    if any(c.get("path") == path for c in scales):
+        return
+    scheme.colorscales = scales + [{"path": path, "name": HEATMAP_COLORSCALE}]
+    dataset.app_config.color_scheme = scheme
+    dataset.save()
+
+
+def show_heatmap(samples, label_field: str, object_id: int | None = None) -> int:
+    """Show one object's coarse scores in the heatmaps a propagation stored (``store_heatmaps=True``) on every frame
+    of ``samples``, or with ``object_id=None`` the max over objects (as stored). Only the heatmap's map changes;
+    returns the number of frames redrawn. ``label_field``: the propagation's label field (``frames.`` or not) or its
+    ``_scores`` field."""
+    from .labels import show_heatmap_object
+
+    name = frame_field_name(label_field)
+    schema = samples.get_frame_field_schema() or {}
+    field = name if frame_field_type(samples, name) is fo.Heatmap else output_fields(name)["heatmap"]
+    if frame_field_type(samples, field) is not fo.Heatmap:
+        raise ValueError(f"no heatmaps of {label_field!r}: frames.{field} is not a Heatmap field (frame fields: "
+                         f"{sorted(schema)}); propagate with store_heatmaps=True first")
+    if object_id is not None:
+        ids = set(itertools.chain.from_iterable(x or [] for x in samples.values(f"frames.{field}.object_ids",
+                                                                              unwind=True)))
+        if int(object_id) not in ids:
+            raise ValueError(f"object {object_id} has no scores in frames.{field}: its objects are {sorted(ids)}")
+        object_id = int(object_id)
+    n = 0
+    for sample in samples.select_fields(f"frames.{field}"):
+        for frame in sample.frames.values():
+            heatmap = frame[field]
+            if heatmap is None or getattr(heatmap, "object_ids", None) is None:  # stored before per-object scores
+                continue
+            show_heatmap_object(heatmap, object_id)
+            n += 1
+        sample.save()
+    return n
 
 
 def _run_config(info, tracker_config: TrackerConfig) -> dict:
@@ -224,7 +276,9 @@ def _propagate_one(job: _Job, sample, key: str, on_frame, previous_keyframes: di
                     fr[out["instances"]] = to_detections(res.labels, res.probabilities, prompts.names, instances,
                                                          keyframes=corrected)
                 if job.store_heatmaps:
-                    fr[out["heatmap"]] = to_heatmap(res.coarse_scores)
+                    frame_hw = tuple(res.labels.shape[:2])
+                    fr[out["heatmap"]] = to_heatmap(res.coarse_scores,
+                                                    inference_size(frame_hw, job.tracker.config.max_size), frame_hw)
                 n += 1
                 pending += 1
                 if pending >= job.chunk:
@@ -719,6 +773,7 @@ def compute_davis(samples, pred_field: str, gt_field: str, eval_key: str, progre
                "samples": {r["sequence"]: r for r in agg["rows"]}, "skipped": skipped,
                "missing_predictions": missing}
     summary = json.loads(json.dumps(summary, default=_json_default))
+    dataset.reload()  # FiftyOne re-running an evaluation key changed the dataset's document under this one
     dataset.info.setdefault("frtm_evaluations", {})[eval_key] = summary
     dataset.save()
     return summary
