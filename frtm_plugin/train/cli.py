@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--davis", type=Path, required=True)
     v.add_argument("--val-sequences", required=True)
     v.add_argument("--model", help="S checkpoint (omit for D-only only)")
-    v.add_argument("--backbone", default="mobilenet_v2")
+    v.add_argument("--backbone", default=None, help="default: the checkpoint's, or mobilenet_v2")
     v.add_argument("--target-layer", default=None, help="comma-separated D taps to compare (default: the "
                    "checkpoint's, or layer4)")
     v.add_argument("--max-frames", type=int, default=None)
@@ -166,18 +166,17 @@ def cmd_train(args) -> int:
 
 def cmd_validate(args) -> int:
     from .validate import format_comparison
-    layers = _split(args.target_layer)
-    if not layers:
-        if args.model:
-            from ..core.segnet import load_segnet_checkpoint
-            layers = [load_segnet_checkpoint(args.model)[1]["target_layer"]]
-        else:
-            layers = ["layer4"]
-    model = None
+    model, info = None, {}
     if args.model:
         from ..core.segnet import load_segnet_checkpoint
-        model, _ = load_segnet_checkpoint(args.model)
-    reports = _validate_reports(args.davis, _split(args.val_sequences), model, args.backbone, layers, args.max_frames)
+        model, info = load_segnet_checkpoint(args.model)
+    # The checkpoint's meta names its backbone and D's tap; flags override (D-only: MobileNetV2, layer4).
+    backbone = args.backbone or info.get("backbone") or "mobilenet_v2"
+    if info.get("backbone") and backbone != info["backbone"]:
+        raise SystemExit(f"{args.model} was trained on {info['backbone']}'s features, not {backbone}'s: drop "
+                         f"--backbone or pass --backbone {info['backbone']}")
+    layers = _split(args.target_layer) or [info.get("target_layer") or "layer4"]
+    reports = _validate_reports(args.davis, _split(args.val_sequences), model, backbone, layers, args.max_frames)
     print(format_comparison(reports))
     if args.json:
         args.json.write_text(json.dumps(reports, indent=1))
