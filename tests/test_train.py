@@ -330,3 +330,20 @@ def test_fiftyone_video_dataset_source(tmp_path, backbone, davis_root):
         assert trainer.items[0].frames == [0, 1, 2, 4, 5]
     finally:
         ds.delete()
+
+
+def test_validate_cli_takes_the_backbone_from_the_checkpoint(capsys):
+    """`validate --model` reads the checkpoint's backbone (no --backbone needed); a --backbone that contradicts it is
+    a clear error, not a shape mismatch deep in S."""
+    from pathlib import Path
+
+    from frtm_plugin.models import DEFAULT_CHECKPOINT
+    from frtm_plugin.train.cli import main
+
+    demo = Path(__file__).resolve().parents[1] / "data" / "demo"
+    base = ["validate", "--davis", str(demo), "--val-sequences", "rollerblade", "--model", str(DEFAULT_CHECKPOINT),
+            "--max-frames", "3"]
+    assert main(base) == 0
+    assert "D+S (layer4_expand)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="trained on mobilenet_v2's features, not efficientnet_lite1's"):
+        main(base + ["--backbone", "efficientnet_lite1"])
