@@ -33,7 +33,7 @@ from .labels import (PROMPT_TYPES, frame_field_name, frame_field_type, instance_
 from .runs import (PROMPTS_CHANGED, FieldLock, FieldLockLostError, check_not_foreign, check_not_prompt_or_ground_truth,
                    done_key, output_fields, record_shard, redo_reason, run_key, shard_states, split_for_shards)
 from ..core.prompts import changed_spans, keyframe_digests
-from ..io.video import TruncatedVideoError, VideoReadError, iter_video_frames
+from ..io.video import Prefetch, TruncatedVideoError, VideoReadError, iter_video_frames
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,7 @@ class _Job:
     direction: str
     combine: str
     shard: dict | None = None
+    io_threads: bool = True  # decode ahead, write behind
 
 
 @dataclass
@@ -206,13 +207,15 @@ class VideoPrompts:
 
 
 @contextlib.contextmanager
-def open_video_prompts(sample, prompt_field: str, corrections_field: str | None = None):
+def open_video_prompts(sample, prompt_field: str, corrections_field: str | None = None, decode_ahead: bool = True):
     """A video's decoder and its prompts, checked against its first frame: what the SDK and the apply_model video
-    model both run ``propagate_in_video`` on. No prompt, or no frame, raises ValueError; the decoder is closed on
-    leaving the block."""
+    model both run ``propagate_in_video`` on. No prompt, or no frame, raises ValueError; the decoder (a background
+    thread a few frames ahead, unless ``decode_ahead=False``) is closed on leaving the block."""
     expected = sample.metadata.total_frame_count if sample.metadata is not None else None
     # FiftyOne's count may be an estimate (duration x rate) where the container has no index: allow one frame
     frames = iter_video_frames(sample.filepath, expected_frames=expected - 1 if expected and expected > 1 else None)
+    if decode_ahead:
+        frames = Prefetch(frames)
     try:
         first = next(frames, None)
         if first is None:
@@ -243,7 +246,7 @@ def _propagate_one(job: _Job, sample, key: str, on_frame, previous_keyframes: di
     n = 0
     corrections = job.out["instances"] if job.store_instances else None
     try:
-        with open_video_prompts(sample, job.prompt_field, corrections) as video:
+        with open_video_prompts(sample, job.prompt_field, corrections, decode_ahead=job.io_threads) as video:
             prompts, instances, expected = video.prompts, video.instances, video.num_frames
             digests = keyframe_digests(prompts.keyframes)
             # what is not a keyframe's mask but is written on every frame: class labels, instances, the prompt field
@@ -263,12 +266,8 @@ def _propagate_one(job: _Job, sample, key: str, on_frame, previous_keyframes: di
 
             outputs = propagate_in_video(job.tracker, video.frames, prompts.keyframes, direction=job.direction,
                                          combine=job.combine, num_frames=expected)
-            pending = 0
-            for res in outputs:  # the first output comes only after every keyframe was checked against the frame
-                if target is None:
-                    target = job.dataset[sample.id]
-                    target[marker] = None  # in progress: a resumed run redoes this video
-                    target.save()
+
+            def write_frame(target, res):
                 fr = target.frames[res.index + 1]
                 fr[out["segmentation"]] = to_segmentation(res.labels)
                 if job.store_instances:
@@ -279,22 +278,94 @@ def _propagate_one(job: _Job, sample, key: str, on_frame, previous_keyframes: di
                     frame_hw = tuple(res.labels.shape[:2])
                     fr[out["heatmap"]] = to_heatmap(res.coarse_scores,
                                                     inference_size(frame_hw, job.tracker.config.max_size), frame_hw)
-                n += 1
-                pending += 1
-                if pending >= job.chunk:
-                    lock.check()  # never write on after another run took the field over
-                    target.save()  # one bulk write per chunk of frames
-                    pending = 0
-                on_frame()
+
+            writer = _LabelWriter(job, sample.id, write_frame, background=job.io_threads)
+            try:
+                # the first output comes only after every keyframe was checked against the frame
+                for res in outputs:
+                    writer.put(res)
+                    on_frame()
+            finally:
+                target, n = writer.finish()  # what was written is saved, also when the video stops short
             lock.check()
             target[marker] = key  # stored with the last chunk: the video is complete
             target[out["keyframes"]] = digests  # what a later run compares to recompute only what changed
             target.save()
             return n, prompts.num_keyframes
     except TruncatedVideoError as e:
-        if target is not None:
-            target.save()  # the frames written so far are kept; the video stays not done
         raise TruncatedVideoError(e.path, e.decoded, e.expected, labelled=n) from None
+
+
+class _LabelWriter:
+    """Builds and saves one video's frame labels in a background thread while the model computes the next frames:
+    frames in order, one bulk save per ``job.chunk`` frames, the field lock checked before each save. The sample is
+    fetched at the first frame and marked in progress (a resumed run redoes the video). Only this thread touches it
+    until :meth:`finish`; its first error (a lost lock, the database) is raised in the caller's thread, at the next
+    :meth:`put` or at :meth:`finish`."""
+
+    _END = object()
+
+    def __init__(self, job: _Job, sample_id: str, write_frame, background: bool = True):
+        import queue
+        import threading
+
+        self._job, self._sample_id, self._write_frame = job, sample_id, write_frame
+        self._queue = queue.Queue(maxsize=max(2, 2 * job.chunk))
+        self._error: BaseException | None = None
+        self._target = None
+        self._written = self._pending = 0
+        self._thread = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name="frtm-label-writer", daemon=True)
+            self._thread.start()
+
+    def _write(self, res) -> None:
+        job = self._job
+        if self._target is None:
+            self._target = job.dataset[self._sample_id]
+            self._target[job.out["marker"]] = None
+            self._target.save()
+        self._write_frame(self._target, res)
+        self._written += 1
+        self._pending += 1
+        if self._pending >= job.chunk:
+            self._save()
+
+    def _save(self) -> None:
+        self._job.lock.check()  # never write on after another run took the field over
+        self._target.save()  # one bulk write per chunk of frames
+        self._pending = 0
+
+    def _run(self) -> None:
+        try:
+            while (res := self._queue.get()) is not self._END:
+                self._write(res)
+            if self._pending:
+                self._save()
+        except BaseException as e:  # noqa: BLE001  (raised in the caller's thread)
+            self._error = e
+            while self._queue.get() is not self._END:  # let the producer finish without blocking
+                pass
+
+    def put(self, res) -> None:
+        if self._thread is None:  # in the caller's thread
+            self._write(res)
+            return
+        if self._error is not None:
+            self.finish()
+        self._queue.put(res)
+
+    def finish(self):
+        """Wait for every frame put to be saved; return (the sample, frames written) or raise the writer's error."""
+        if self._thread is None:
+            if self._pending:
+                self._save()
+        elif self._thread.is_alive():
+            self._queue.put(self._END)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._target, self._written
 
 
 def _spans_can_be_recomputed(job: _Job, prompts, spans: dict) -> bool:
@@ -377,7 +448,7 @@ def propagate(samples, prompt_field: str, label_field: str, model: str = "defaul
               merge: str = "released", store_instances: bool = True, store_heatmaps: bool = False,
               overwrite: bool = False, force: bool = False, lock_wait: float = 0.0, seed: int = 0,
               direction: str = "both", combine: str = "blend", chunk_frames: int = 64,
-              progress=True, shard: dict | None = None) -> PropagationReport:
+              progress=True, shard: dict | None = None, io_threads: bool = True) -> PropagationReport:
     """Propagate each video's prompts through the whole video and store the results as frame labels.
 
     ``prompt_field``: a frame-level ``Segmentation`` (object ids as pixel values), ``Detections`` (masks of any
@@ -405,6 +476,8 @@ def propagate(samples, prompt_field: str, label_field: str, model: str = "defaul
     - ``shard``: ``{"run": id, "index": i, "count": n}`` when this call is one of the ``n`` shards of one sharded run
       (:func:`queue_shards`; each over its own videos): the shards claim the field together and each records its
       state (:func:`shard_states`).
+    - ``io_threads``: decode each video a few frames ahead and build and save its labels in background threads, so
+      the model never waits for I/O (False: all in the caller's thread; the same labels either way).
 
     A video with no prompt, an unreadable video or a mask of the wrong size is reported and skipped; a video that
     ends before its declared frame count keeps the frames it had but is reported failed and never marked done.
@@ -436,7 +509,7 @@ def propagate(samples, prompt_field: str, label_field: str, model: str = "defaul
         _declare_fields(dataset, out, store_instances, store_heatmaps)
         samples.compute_metadata()  # frame counts: progress, and the check that a video decodes whole
         job = _Job(tracker, dataset, prompt_field, out, store_instances, store_heatmaps, chunk_frames, lock, direction,
-                   combine, shard)
+                   combine, shard, io_threads)
         report = _propagate_all(job, samples, label_field, run_config, run_hash, overwrite, progress)
     finally:
         lock.release()

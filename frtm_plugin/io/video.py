@@ -8,6 +8,8 @@ for a complete video.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -79,6 +81,77 @@ def iter_video_frames(path: str | os.PathLike, expected_frames: int | None = Non
         raise VideoReadError(f"{path} holds no decodable frame")
     if declared and n < declared:
         raise TruncatedVideoError(path, n, declared)
+
+
+class Prefetch:
+    """Iterate ``source`` (e.g. :func:`iter_video_frames`) in a background thread, up to ``depth`` items ahead, so
+    the consumer (the model) never waits for decoding. Items come in order; an exception the source raises comes
+    after the items before it, as it would unthreaded. :meth:`close` (also on garbage collection of a ``with``
+    block) stops the thread and closes the source in it (a generator cannot be closed from another thread)."""
+
+    _ITEM, _ERROR, _END = range(3)
+
+    def __init__(self, source, depth: int = 4):
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, args=(source,), name="frtm-decode-ahead", daemon=True)
+        self._thread.start()
+
+    def _put(self, entry) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, source) -> None:
+        try:
+            for item in source:
+                if not self._put((self._ITEM, item)):
+                    break
+            else:
+                self._put((self._END, None))
+        except BaseException as e:  # noqa: BLE001  (handed to the consumer, raised there)
+            self._put((self._ERROR, e))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._done:
+            raise StopIteration
+        kind, value = self._queue.get()
+        if kind == self._ITEM:
+            return value
+        self._done = True
+        self._thread.join()
+        if kind == self._ERROR:
+            raise value
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop decoding ahead; the source is closed in its thread before this returns."""
+        self._done = True
+        self._stop.set()
+        while self._thread.is_alive():
+            try:  # make room for a put the thread may be blocked in
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def video_info(path: str | os.PathLike) -> dict:
