@@ -556,6 +556,10 @@ def test_modal_panel_plots_jf_and_moves_the_playhead(page, app_dataset, app_url)
         for o in objects:
             assert traces[f"object {o} J"]["y"] == pytest.approx(series["objects"][o]["J"], nan_ok=True)
         assert traces["frame J&F"]["y"] == pytest.approx(series["JF"], nan_ok=True)
+        # the frames the protocol does not score (here the first and the last) are grey bands on the plot
+        bands = page.evaluate("""(id) => (document.querySelector(`[data-cy="panel-content-${id}"] .js-plotly-plot`)
+            .layout.shapes || []).map(b => (b.x0 + b.x1) / 2)""", panel_id)
+        assert bands == [1, N_FRAMES] and "not scored (DAVIS protocol)" in traces
 
         time_label = modal.get_by_test_id("timeline-playhead-time")
         pw.expect(time_label).not_to_have_text("0:00.00 / 0:00.00", timeout=30_000)

@@ -3,7 +3,7 @@
 - ``JFTimelinePanel`` (sample modal): J and F of each object over the open video's frames for a DAVIS evaluation,
   with the frame's J&F; the current frame is marked and follows the modal's playhead (FiftyOne's frame-loader view);
   a click on the plot moves the playhead there; keyframes of the prompt are marked on the same axis. Frames the
-  protocol does not score (an object's first frame, the last frame) are gaps in the lines.
+  protocol does not score (an object's first frame, the last frame) are gaps in the lines, on grey bands.
 - ``JFVideosPanel`` (grid): J&F per video for an evaluation (two evaluations side by side when there are two), the
   dataset summary, a click on a bar opens that video, and a button builds the view of the worst frames.
 FiftyOne-facing, like the operators: the numbers come from ``sdk`` (the stored evaluation).
@@ -85,8 +85,13 @@ class JFTimelinePanel(_EvaluationPanel):
             traces.append({"type": "scatter", "mode": "markers", "name": "keyframes", "x": s["keyframes"],
                            "y": [1.04] * len(s["keyframes"]),
                            "marker": {"symbol": "triangle-down", "size": 11, "color": "#ffb000"}})
+        not_scored = [f for f, v in zip(s["frames"], s["JF"]) if v is None]
+        if not_scored:  # a legend entry for the grey bands the layout draws there
+            traces.append({"type": "scatter", "mode": "markers", "name": "not scored (DAVIS protocol)", "x": [None],
+                           "y": [None], "marker": {"symbol": "square", "size": 11, "color": "rgba(150,150,150,0.35)"}})
         ctx.panel.state.traces = traces  # the frame loader adds the playhead marker to these, frame by frame
         ctx.panel.state.num_frames = len(s["frames"])
+        ctx.panel.state.not_scored = not_scored
         ctx.panel.data.plot = traces + [self._marker(1)]
 
     @staticmethod
@@ -96,8 +101,12 @@ class JFTimelinePanel(_EvaluationPanel):
                 "line": {"color": "#ff6d04", "width": 2}, "hoverinfo": "skip", "showlegend": False}
 
     @staticmethod
-    def _layout(num_frames: int) -> dict:
-        return {"xaxis": {"title": {"text": "frame"}, "range": [0.5, max(num_frames, 1) + 0.5]},
+    def _layout(num_frames: int, not_scored=()) -> dict:
+        """Frames the protocol does not score (an object's first frame, the last frame, no ground truth) are grey
+        bands across the plot."""
+        bands = [{"type": "rect", "xref": "x", "yref": "paper", "x0": f - 0.5, "x1": f + 0.5, "y0": 0, "y1": 1,
+                  "fillcolor": "rgba(150,150,150,0.35)", "line": {"width": 0}, "layer": "below"} for f in not_scored]
+        return {"shapes": bands, "xaxis": {"title": {"text": "frame"}, "range": [0.5, max(num_frames, 1) + 0.5]},
                 "yaxis": {"title": {"text": "J / F"}, "range": [0, 1.1]}, "height": 340, "width": 520,
                 "margin": {"l": 50, "r": 10, "t": 10, "b": 90}, "showlegend": True,
                 "legend": {"orientation": "h", "x": 0, "xanchor": "left", "y": -0.3, "yanchor": "top"},
@@ -130,7 +139,8 @@ class JFTimelinePanel(_EvaluationPanel):
         panel.view("timeline_bridge", types.View(component="FrtmTimelineBridge", composite_view=True,
                                                  total_frames=ctx.panel.state.num_frames or 1))
         panel.obj("frame_data", view=types.FrameLoaderView(on_load_range=self.on_load_range, target="plot"))
-        panel.plot("plot", layout=self._layout(ctx.panel.state.num_frames or 1), on_click=self.on_click,
+        panel.plot("plot", layout=self._layout(ctx.panel.state.num_frames or 1, ctx.panel.state.not_scored or ()),
+                   on_click=self.on_click,
                    config={"displayModeBar": False}, height="340px", width="520px")
         return types.Property(panel, view=types.GridView(orientation="vertical"))
 
