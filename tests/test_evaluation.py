@@ -106,3 +106,33 @@ def test_evaluating_again_under_the_same_key_replaces_it(demo_clip, caplog):
         assert again["overall"] == first["overall"] and ds.list_evaluations() == ["ev"]
         custom = ds.load_evaluation_results("ev").custom_metrics["@frtm/frtm-vos/davis_jf"]
         assert custom["value"] == pytest.approx(first["overall"]["J&F"])
+
+
+class _State:
+    """ctx.panel.state as panels see it: attributes, None when never set."""
+
+    def __getattr__(self, name):
+        return None
+
+
+def test_videos_panel_sorts_by_name_or_worst_first(tmp_path):
+    from types import SimpleNamespace
+
+    from frtm_plugin.fo.panels import JFVideosPanel
+
+    ds = fo.Dataset()
+    ds.add_samples([fo.Sample(filepath=str(tmp_path / f"{n}.mp4"), ev_JF=v)
+                    for n, v in (("b", 0.7), ("c", None), ("a", 0.3), ("d", 0.9))])
+    ds.info["frtm_evaluations"] = {"ev": {"pred_field": "p", "overall": {"J&F": 0.63, "J": 0.6, "F": 0.66}}}
+    ds.save()
+    ctx = SimpleNamespace(dataset=ds, panel=SimpleNamespace(state=_State(), data=SimpleNamespace()))
+    panel = JFVideosPanel()
+    panel._refresh(ctx)
+    bars = ctx.panel.data.bars[0]
+    assert bars["x"] == ["a.mp4", "b.mp4", "c.mp4", "d.mp4"] and bars["y"] == [0.3, 0.7, None, 0.9]
+    ctx.params = {"value": "worst"}
+    panel.on_change_sort(ctx)
+    bars = ctx.panel.data.bars[0]
+    assert bars["x"] == ["a.mp4", "b.mp4", "d.mp4", "c.mp4"] and bars["y"] == [0.3, 0.7, 0.9, None]
+    assert bars["ids"][0] == ds.match({"filepath": {"$regex": "a.mp4$"}}).first().id  # a click opens that video
+    ds.delete()

@@ -169,10 +169,17 @@ class JFVideosPanel(_EvaluationPanel):
         ids = ds.values("id")
         names = [p.rsplit("/", 1)[-1] for p in ds.values("filepath")]
         shown = [x for x in (key, other) if x]
+        values = {name: ds.values(f"{name}_JF") if f"{name}_JF" in ds.get_field_schema() else [None] * len(ids)
+                  for name in shown}
+        order = list(range(len(ids)))
+        if ctx.panel.state.sort_by == "worst":  # the evaluation's J&F, lowest first; unscored videos last
+            order.sort(key=lambda i: (values[key][i] is None, values[key][i] or 0.0))
+        else:
+            order.sort(key=lambda i: names[i])
         traces = []
         for k, name in enumerate(shown):
-            values = ds.values(f"{name}_JF") if f"{name}_JF" in ds.get_field_schema() else [None] * len(ids)
-            traces.append({"type": "bar", "name": name, "x": names, "y": values, "ids": ids,
+            traces.append({"type": "bar", "name": name, "x": [names[i] for i in order],
+                           "y": [values[name][i] for i in order], "ids": [ids[i] for i in order],
                            "marker": {"color": COLORS[k]}})
         ctx.panel.data.bars = traces
         rows = []
@@ -183,6 +190,10 @@ class JFVideosPanel(_EvaluationPanel):
                         " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
         ctx.panel.state.summary = ("| evaluation | J&F | J | F | J recall | J decay | F recall | F decay |\n"
                                    "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+
+    def on_change_sort(self, ctx):
+        ctx.panel.state.sort_by = ctx.params.get("value")
+        self._refresh(ctx)
 
     def on_click(self, ctx):
         sample_id = ctx.params.get("id")
@@ -205,6 +216,11 @@ class JFVideosPanel(_EvaluationPanel):
         if len(keys) > 1:
             panel.enum("other_key", keys, default=ctx.panel.state.other_key, label="Compare with",
                        view=types.DropdownView(), on_change=self.on_change_other)
+        sort = types.Dropdown()
+        sort.add_choice("name", label="video name")
+        sort.add_choice("worst", label="J&F, worst first")
+        panel.enum("sort_by", sort.values(), default=ctx.panel.state.sort_by or "name", label="Sort videos by",
+                   view=sort, on_change=self.on_change_sort)
         panel.md(ctx.panel.state.summary or "", name="summary")
         panel.plot("bars", layout={"barmode": "group", "yaxis": {"title": "J&F", "range": [0, 1]}, "height": 320,
                                    "margin": {"l": 50, "r": 10, "t": 10, "b": 80}}, on_click=self.on_click,
