@@ -76,3 +76,29 @@ def test_fast_tracker_masks_equal_the_plain_modules_on_a_real_clip(clip):
     assert (bf16 == plain).mean() >= 0.999  # measured 0.9997 on these frames (bench/e2e.py)
     with pytest.raises(ValueError, match="precision must be one of"):
         _masks(TrackerConfig(precision="int8"), clip)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA-only: no GPU here"))])
+def test_s_batched_over_a_frames_objects_equals_one_object_at_a_time(clip, device):
+    """On a GPU the fast path runs S once per frame for all its objects (features reduced once, shared): the same
+    probabilities as running it per object (float32, to rounding); checked on the CPU too."""
+    import torch.nn.functional as F
+
+    from frtm_plugin.models import build_tracker
+
+    frames, gt = clip
+    tracker = build_tracker("default", device=device, config=TrackerConfig())[0]
+    small = tracker.shrink(frames[3])
+    hw = small.shape[:2]
+    feats = tracker._features(tracker._to_tensor(small)[None], tracker._layers)
+    hf, wf = feats[tracker.backbone.target_layer].shape[-2:]
+    skater = F.interpolate(torch.from_numpy(gt).float()[None, None], size=(hf, wf), mode="area")[0, 0]
+    wall = torch.zeros(hf, wf)
+    wall[2: hf // 3, wf // 2: -2] = 0.9
+    scores = torch.stack([skater, wall, 0.5 * skater + 0.2]).to(device)
+    batched = tracker._probability(scores, feats, hw)
+    single = torch.cat([tracker._probability(s[None], feats, hw) for s in scores])
+    assert batched.shape == (3, *hw)
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
+    assert ((batched > 0.5) == (single > 0.5)).float().mean() == 1.0
