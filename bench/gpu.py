@@ -2,11 +2,13 @@
 
 CUDA events, warm-up, medians over ``--repeats``:
 - solver ms per update (K=80, c=96, 10 CG) and per init (C_in=1024, K=5, 45 CG), pure path and extension;
-- end-to-end frames per second at 480p (854x480) for ResNet-18 and ResNet-101, D-only, with 1 and 5 objects.
+- end-to-end frames per second at 480p (854x480) for ResNet-18 and ResNet-101, D-only, with 1 and 5 objects;
+- the whole per-frame path of the shipped default model (backbone, D per object, S batched over the frame's
+  objects, merge; all on the device): plain modules, fast path, fast path in fp16, 1/3/10 objects, with agreement.
 ImageNet weights are used where found; otherwise the backbone is randomly initialised (stated in the table: the
 speed is the same, the masks are meaningless). On a machine without CUDA it says so and exits 0.
 
-    python bench/gpu.py [--repeats 10] [--frames 30]
+    python bench/gpu.py [--repeats 10] [--frames 30] [--device cpu]   # cpu: the whole-path rows only, as a check
 """
 
 from __future__ import annotations
@@ -143,11 +145,74 @@ def fps_rows(frames: int) -> list[str]:
     return rows
 
 
+def _timed_fps(tracker, frames, masks, device, warmup: int = 3):
+    """FPS of tracker.step over ``frames[1 + warmup:]`` after fitting ``masks`` on frame 0 and ``warmup`` frames;
+    returns (fps, labels of the timed frames)."""
+    import time
+
+    def sync():
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+
+    tracker.step(frames[0], masks)
+    for f in frames[1: 1 + warmup]:
+        tracker.step(f)
+    sync()
+    t0, labels = time.perf_counter(), []
+    for f in frames[1 + warmup:]:
+        labels.append(tracker.step(f).labels)
+    sync()
+    seconds = time.perf_counter() - t0
+    return (len(frames) - 1 - warmup) / seconds, torch.stack(labels).cpu().numpy()
+
+
+def whole_path_rows(frames: int, device: str) -> list[str]:
+    """The shipped default model (MobileNetV2 + S) through the whole per-frame path (backbone, every object's D
+    predict and update, S, merge) on the demo clip played forwards and backwards: the plain modules, the fast path,
+    and the fast path in half precision (fp16 on GPU, bf16 on CPU), for 1, 3 and 10 objects; agreement with plain."""
+    from frtm_plugin.core.tracker import TrackerConfig
+    from frtm_plugin.io.davis import load_sequence
+    from frtm_plugin.io.labels import read_label_png
+    from frtm_plugin.models import build_tracker
+
+    seq = load_sequence(Path(__file__).resolve().parents[1] / "data" / "demo", "rollerblade")
+    n = len(seq)
+    order = [k % (2 * n - 2) for k in range(frames + 4)]
+    video = [seq.read_frame(i if i < n else 2 * n - 2 - i) for i in order]
+    skater = read_label_png(seq.annotation_paths[0]) == 1
+    half = "float16" if torch.device(device).type == "cuda" else "bfloat16"
+    rows = []
+    for n_obj in (1, 3, 10):
+        masks = {1: skater}
+        for i in range(2, n_obj + 1):  # blocks of the background, a grid of them
+            m = np.zeros_like(skater)
+            r, c = divmod(i - 2, 5)
+            m[20 + 110 * r: 110 + 110 * r, 20 + 165 * c: 150 + 165 * c] = True
+            masks[i] = m & ~skater
+        results = {}
+        for name, cfg in (("plain", TrackerConfig(fast=False)), ("fast", TrackerConfig()),
+                          (f"fast {half}", TrackerConfig(precision=half))):
+            tracker = build_tracker("default", device=device, config=cfg)[0]
+            results[name] = _timed_fps(tracker, video, masks, device)
+        plain_fps, plain_labels = results["plain"]
+        for name, (fps, labels) in results.items():
+            agree = float((labels == plain_labels).mean())
+            rows.append(f"| whole path, default model ({name}), {n_obj} object(s), 854x480 | {fps:.1f} FPS | "
+                        f"{fps / plain_fps:.2f}x plain | agreement {agree:.5f} |")
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--frames", type=int, default=30)
+    ap.add_argument("--device", default="cuda", help="cuda (default); cpu runs only the whole-path rows, as a check")
     args = ap.parse_args()
+    if args.device == "cpu":
+        print("| measurement | FPS | ratio | agreement |\n|---|---|---|---|")
+        for row in whole_path_rows(args.frames, "cpu"):
+            print(row)
+        return 0
     if not torch.cuda.is_available():
         print("bench/gpu.py: no CUDA GPU found (torch.cuda.is_available() is False); nothing to measure.")
         return 0
@@ -160,6 +225,10 @@ def main() -> int:
     for row in solver_rows(args.repeats):
         print(row)
     for row in fps_rows(args.frames):
+        print(row)
+    print()
+    print("| measurement | FPS | ratio | agreement |\n|---|---|---|---|")
+    for row in whole_path_rows(args.frames, "cuda"):
         print(row)
     return 0
 
