@@ -14,7 +14,6 @@ import contextlib
 import io
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -488,31 +487,6 @@ def test_keyframe_box_propagated_from_the_app_form(page, keyframe_dataset, app_u
         _close_modal(page)
 
 
-def test_grid_panel_lists_videos_with_their_jf(page, app_dataset, app_url):
-    """The grid's "FRTM: J&F per video" panel, opened from the "+" beside the Samples tab: one bar per video and the
-    dataset summary of the evaluation, the same numbers the SDK stored. Screenshot: artifacts/app/jf_videos_panel.png.
-    """
-    ds = app_dataset
-    summary = frtm_plugin.evaluate(ds, "frtm", "gt", eval_key="davis", progress=False)
-    with _failure_shot(page, "jf_videos_panel"):
-        _open(page, f"{app_url}/datasets/{ds.name}", '[data-cy="fo-grid"]')
-        dismiss = page.get_by_text("Dismiss", exact=True)
-        if dismiss.count():  # FiftyOne's Enterprise banner covers the panel bar
-            dismiss.first.click()
-        tab = page.get_by_text("Samples", exact=True).first.bounding_box()
-        page.mouse.click(tab["x"] + tab["width"] + 40, tab["y"] + tab["height"] / 2)  # the "+" of the panel bar
-        page.get_by_text("FRTM: J&F per video").first.click()
-        bars = page.locator(".js-plotly-plot .barlayer .point")
-        pw.expect(bars).to_have_count(len(ds), timeout=60_000)
-        pw.expect(page.get_by_text(f"{summary['overall']['J&F']:.3f}", exact=True).first).to_be_visible()
-        pw.expect(page.get_by_text("Show the worst frames")).to_be_visible()
-        page.mouse.move(2, 2)
-        page.screenshot(path=str(ARTIFACTS / "jf_videos_panel.png"))
-        # Close it: the App keeps open panels in the session, and the modal tests after this one expect none.
-        page.locator('[data-cy="panel-tab-frtm_jf_videos"] button[title="Close"]').first.click()
-        pw.expect(page.locator('[data-cy="panel-tab-frtm_jf_videos"]')).to_have_count(0)
-
-
 def _plot_traces(pg, panel_id):
     """The traces Plotly holds for the panel's plot: [{name, x, y}]."""
     handle = pg.wait_for_function("""(id) => {
@@ -535,6 +509,7 @@ def test_modal_panel_plots_jf_and_moves_the_playhead(page, app_dataset, app_url)
     sample = ds.first()
     series = sdk.jf_series(sample, ds, "davis")
     panel_id = "frtm_jf_timeline"
+    _load_in_server(app_url, ds.name)  # the test before used another dataset: the server's state holds this one
     with _failure_shot(page, "jf_timeline_panel"):
         _open(page, f"{app_url}/datasets/{ds.name}?id={sample.id}",
               '[data-cy="modal"] [data-cy="checkbox-frames.frtm"]')
@@ -609,6 +584,7 @@ def test_heatmap_at_frame_size_in_the_colour_scale(page, app_dataset, app_url):
             _go_to_last_frame(page, modal)
             shot = _png(modal.locator('[data-cy="looker"] canvas').screenshot())
             page.screenshot(path=str(ARTIFACTS / "heatmap.png"))
+            _close_modal(page)
         y0, y1, x0, x1 = _image_rect(shot)
         region = shot[y0:y1, x0:x1]
         inside = _fit(last, y1 - y0, x1 - x0)
@@ -623,3 +599,29 @@ def test_heatmap_at_frame_size_in_the_colour_scale(page, app_dataset, app_url):
         ds.app_config.color_scheme = _overlay_scheme()
         ds.save()
         _load_in_server(app_url, ds.name)
+
+
+def test_grid_panel_lists_videos_with_their_jf(page, app_dataset, app_url):
+    """The grid's "FRTM: J&F per video" panel, opened from the "+" beside the Samples tab: one bar per video and the
+    dataset summary of the evaluation, the same numbers the SDK stored. Screenshot: artifacts/app/jf_videos_panel.png.
+    """
+    ds = app_dataset
+    summary = frtm_plugin.evaluate(ds, "frtm", "gt", eval_key="davis", progress=False)
+    with _failure_shot(page, "jf_videos_panel"):
+        _open(page, f"{app_url}/datasets/{ds.name}", '[data-cy="fo-grid"]')
+        dismiss = page.get_by_text("Dismiss", exact=True)
+        if dismiss.count():  # FiftyOne's Enterprise banner covers the panel bar
+            dismiss.first.click()
+        tab = page.get_by_text("Samples", exact=True).first.bounding_box()
+        page.mouse.click(tab["x"] + tab["width"] + 40, tab["y"] + tab["height"] / 2)  # the "+" of the panel bar
+        page.get_by_text("FRTM: J&F per video").first.click()
+        bars = page.locator(".js-plotly-plot .barlayer .point")
+        pw.expect(bars).to_have_count(len(ds), timeout=60_000)
+        pw.expect(page.get_by_text(f"{summary['overall']['J&F']:.3f}", exact=True).first).to_be_visible()
+        pw.expect(page.get_by_text("Show the worst frames")).to_be_visible()
+        page.mouse.move(2, 2)
+        page.screenshot(path=str(ARTIFACTS / "jf_videos_panel.png"))
+        # Close it: the App keeps open panels in the session. (Last in this file: the session update that closing
+        # sends can close a modal that a test after it has just opened.)
+        page.locator('[data-cy="panel-tab-frtm_jf_videos"] button[title="Close"]').first.click()
+        pw.expect(page.locator('[data-cy="panel-tab-frtm_jf_videos"]')).to_have_count(0)
