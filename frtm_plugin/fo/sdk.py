@@ -399,30 +399,38 @@ def _recompute_spans(job: _Job, sample, prompts, instances, spans: dict) -> int:
     rewritten: set[int] = set()
     for obj, (lo, hi) in sorted(spans.items()):
         sub_keyframes = {k - lo: {obj: f[obj]} for k, f in prompts.keyframes.items() if lo <= k <= hi and obj in f}
+        decoder = iter_video_frames(sample.filepath) if sub_keyframes else None
         if sub_keyframes:
-            frames = itertools.islice(iter_video_frames(sample.filepath), lo, hi + 1)
+            frames = itertools.islice(decoder, lo, hi + 1)
             results = ((lo + r.index, r.labels == obj, r.probabilities)
                        for r in propagate_in_video(job.tracker, frames, sub_keyframes, direction=job.direction))
         else:  # the object lost its last keyframe here: it is removed from the span
             results = ((i, None, {}) for i in range(lo, hi + 1))
-        for index, new, probabilities in results:
-            fr = target.frames[index + 1]
-            old = fr[out["segmentation"]].get_mask() if fr[out["segmentation"]] is not None else None
-            labels = np.array(old, np.uint8) if old is not None else np.zeros(new.shape, np.uint8)
-            labels[labels == obj] = 0
-            if new is not None:
-                annotated = np.zeros(labels.shape, bool)  # other objects' keyframes on this frame stay exact
-                for other, m in prompts.keyframes.get(index, {}).items():
-                    if other != obj and isinstance(m, np.ndarray):
-                        annotated |= m
-                labels[new & ~annotated] = obj
-            fr[out["segmentation"]] = to_segmentation(labels)
-            if job.store_instances:
-                fr[out["instances"]] = _merge_detections(fr[out["instances"]], old, labels, obj, probabilities,
-                                                         prompts, instances, index)
-            rewritten.add(index)
+        with contextlib.closing(decoder) if decoder is not None else contextlib.nullcontext():
+            _rewrite_span(job, target, prompts, instances, obj, results, rewritten)
         target.save()
     return len(rewritten)
+
+
+def _rewrite_span(job: _Job, target, prompts, instances, obj: int, results, rewritten: set) -> None:
+    """Write one object's re-propagated span into the stored labels (see :func:`_recompute_spans`)."""
+    out = job.out
+    for index, new, probabilities in results:
+        fr = target.frames[index + 1]
+        old = fr[out["segmentation"]].get_mask() if fr[out["segmentation"]] is not None else None
+        labels = np.array(old, np.uint8) if old is not None else np.zeros(new.shape, np.uint8)
+        labels[labels == obj] = 0
+        if new is not None:
+            annotated = np.zeros(labels.shape, bool)  # other objects' keyframes on this frame stay exact
+            for other, m in prompts.keyframes.get(index, {}).items():
+                if other != obj and isinstance(m, np.ndarray):
+                    annotated |= m
+            labels[new & ~annotated] = obj
+        fr[out["segmentation"]] = to_segmentation(labels)
+        if job.store_instances:
+            fr[out["instances"]] = _merge_detections(fr[out["instances"]], old, labels, obj, probabilities,
+                                                     prompts, instances, index)
+        rewritten.add(index)
 
 
 def _merge_detections(stored, old_labels, labels: np.ndarray, obj: int, probabilities: dict, prompts, instances,
