@@ -52,6 +52,22 @@ def judo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def video_dataset():
+    """``make(name, path)`` -> a new dataset (not persistent) holding the one video at ``path``, replacing a dataset
+    of that name left by an earlier run."""
+    import fiftyone as fo
+
+    def make(name: str, path) -> "fo.Dataset":
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+        ds = fo.Dataset(name)
+        ds.add_sample(fo.Sample(filepath=str(path)))
+        return ds
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def demo_clip(tmp_path_factory):
     """``make(n)`` -> (H.264 MP4 of the shipped demo clip's first n frames, their object-1 masks as bool arrays);
     each length is encoded once per session."""

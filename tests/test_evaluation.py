@@ -15,14 +15,11 @@ N = 6
 
 
 @contextlib.contextmanager
-def _evaluated(name, demo_clip):
+def _evaluated(name, demo_clip, video_dataset):
     """A one-video dataset of the demo clip: ground truth on every frame, a first-frame prompt, propagated D-only
     into 'p' and evaluated as 'ev'; deleted afterwards."""
     path, gts = demo_clip(N)
-    if fo.dataset_exists(name):
-        fo.delete_dataset(name)
-    ds = fo.Dataset(name)
-    ds.add_sample(fo.Sample(filepath=str(path)))
+    ds = video_dataset(name, path)
     s = ds.first()
     for i, g in enumerate(gts):
         s.frames[i + 1]["gt"] = fo.Segmentation(mask=g.astype(np.uint8))
@@ -49,8 +46,8 @@ def _leftovers(ds, key):
     return sorted(set(found))
 
 
-def test_rename_and_delete_reach_everything_the_evaluation_wrote(demo_clip):
-    with _evaluated("eval-cleanup", demo_clip) as (ds, gts):
+def test_rename_and_delete_reach_everything_the_evaluation_wrote(demo_clip, video_dataset):
+    with _evaluated("eval-cleanup", demo_clip, video_dataset) as (ds, gts):
         assert "ev" in ds.list_evaluations()
         before = _leftovers(ds, "ev")
         assert {"ev_J", "ev_JF", "ev_objects", "frames.ev_J", "detection.ev_J", "detection.ev_F",
@@ -69,13 +66,13 @@ def test_rename_and_delete_reach_everything_the_evaluation_wrote(demo_clip):
         assert len(ds.first().frames[3]["p_instances"].detections) == 1  # the predictions themselves stay
 
 
-def test_panel_numbers_equal_evaluate_sequence(demo_clip):
+def test_panel_numbers_equal_evaluate_sequence(demo_clip, video_dataset):
     """What the modal J&F panel plots (sdk.jf_series) is, frame by frame and object by object, what
     metrics.evaluate_sequence computes on the same masks; the worst-frames view holds the frames below a J."""
     from frtm_plugin.fo.sdk import davis_evaluation_keys, jf_series, worst_frames_view
     from frtm_plugin.metrics import evaluate_sequence
 
-    with _evaluated("eval-panel", demo_clip) as (ds, gts):
+    with _evaluated("eval-panel", demo_clip, video_dataset) as (ds, gts):
         assert davis_evaluation_keys(ds) == ["ev"]
         series = jf_series(ds.first(), ds, "ev")
         pred = np.stack([fr["p"].get_mask() for fr in ds.first().frames.values()])
@@ -95,10 +92,10 @@ def test_panel_numbers_equal_evaluate_sequence(demo_clip):
         assert worst.count("frames") == sum(j < 0.7 for j in js) > 0
 
 
-def test_evaluating_again_under_the_same_key_replaces_it(demo_clip, caplog):
+def test_evaluating_again_under_the_same_key_replaces_it(demo_clip, caplog, video_dataset):
     """FiftyOne deletes the old run (our cleanup) and runs the metric again: the same summary, through the custom
     metric (no fallback), with one set of fields."""
-    with _evaluated("eval-again", demo_clip) as (ds, _):
+    with _evaluated("eval-again", demo_clip, video_dataset) as (ds, _):
         first = ds.info["frtm_evaluations"]["ev"]
         with caplog.at_level("WARNING"):
             again = frtm_plugin.evaluate(ds, "p", "gt", eval_key="ev", progress=False)

@@ -4,8 +4,6 @@ The map is built by the same steps that make the D-only model's probabilities, s
 heatmap is its probability; switching objects redraws only the heatmaps' maps and leaves every other label as it was.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -15,29 +13,23 @@ import fiftyone.operators as foo  # noqa: E402
 import frtm_plugin  # noqa: E402
 from frtm_plugin.core.tracker import TrackerConfig, coarse_score_map, inference_size  # noqa: E402
 from frtm_plugin.fo.sdk import HEATMAP_COLORSCALE  # noqa: E402
-from frtm_plugin.io.davis import load_sequence  # noqa: E402
-from frtm_plugin.io.labels import read_label_png  # noqa: E402
-from frtm_plugin.io.video import write_video  # noqa: E402
+from frtm_plugin.io.video import iter_video_frames  # noqa: E402
 from frtm_plugin.models import build_tracker  # noqa: E402
 
-DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 N_FRAMES = 8
 MAX_SIZE = 256
 
 
 @pytest.fixture(scope="module")
-def two_objects(tmp_path_factory):
-    """The demo clip with the skater split in two objects: top half 1, bottom half 2."""
-    seq = load_sequence(DEMO, "rollerblade")
-    frames = [seq.read_frame(i) for i in range(N_FRAMES)]
-    path = tmp_path_factory.mktemp("media") / "rollerblade.mp4"
-    write_video(path, frames)
-    gt = read_label_png(seq.annotation_paths[0]) == 1
-    rows = np.flatnonzero(gt.any(1))
+def two_objects(demo_clip):
+    """The demo clip (its MP4 and its frames) with the skater split in two objects: top half 1, bottom half 2."""
+    path, gts = demo_clip(N_FRAMES)
+    frames = list(iter_video_frames(path))
+    rows = np.flatnonzero(gts[0].any(1))
     split = (rows[0] + rows[-1]) // 2
-    labels = np.zeros(gt.shape, np.uint8)
-    labels[:split][gt[:split]] = 1
-    labels[split:][gt[split:]] = 2
+    labels = np.zeros(gts[0].shape, np.uint8)
+    labels[:split][gts[0][:split]] = 1
+    labels[split:][gts[0][split:]] = 2
     return path, frames, labels
 
 
@@ -54,12 +46,9 @@ def test_heatmap_of_the_d_only_model_is_its_probability(two_objects):
     np.testing.assert_allclose(heat, out.probabilities[1].cpu().numpy(), atol=1e-6)
 
 
-def _dataset(name, two_objects, scheme=None):
+def _dataset(name, two_objects, video_dataset, scheme=None):
     path, _, labels = two_objects
-    if fo.dataset_exists(name):
-        fo.delete_dataset(name)
-    ds = fo.Dataset(name)
-    ds.add_sample(fo.Sample(filepath=str(path)))
+    ds = video_dataset(name, path)
     s = ds.first()
     s.frames[1]["prompt"] = fo.Segmentation(mask=labels)
     s.save()
@@ -73,12 +62,12 @@ def _maps(ds, field="out_scores"):
     return [None if fr[field] is None else fr[field].map.copy() for fr in ds.first().frames.values()]
 
 
-def test_heatmaps_per_object_on_request(two_objects):
+def test_heatmaps_per_object_on_request(two_objects, video_dataset):
     """Stored at the frame's size (uint8, 255 = score 1) as the max over objects; show_heatmap redraws one object's
     scores (equal to coarse_score_map of its stored scores) and back, and touches nothing else."""
     _, frames, _ = two_objects
     user_scale = {"path": "frames.gt", "name": "viridis"}
-    ds = _dataset("heatmaps", two_objects, fo.ColorScheme(colorscales=[user_scale], opacity=0.5))
+    ds = _dataset("heatmaps", two_objects, video_dataset, fo.ColorScheme(colorscales=[user_scale], opacity=0.5))
     frtm_plugin.propagate(ds, "prompt", "out", model="d-only", max_size=MAX_SIZE, store_heatmaps=True,
                           progress=False)
     frame_hw = frames[0].shape[:2]
@@ -115,8 +104,8 @@ def test_heatmaps_per_object_on_request(two_objects):
     ds.delete()
 
 
-def test_show_heatmap_operator(two_objects):
-    ds = _dataset("heatmaps-op", two_objects)
+def test_show_heatmap_operator(two_objects, video_dataset):
+    ds = _dataset("heatmaps-op", two_objects, video_dataset)
     frtm_plugin.propagate(ds, "prompt", "out", model="d-only", max_size=MAX_SIZE, store_heatmaps=True,
                           progress=False)
     uri = "@frtm/frtm-vos/show_heatmap"

@@ -12,12 +12,9 @@ FAST = dict(max_size=256, num_aug=1)
 N = 6
 
 
-def _dataset(name, demo_clip):
+def _dataset(name, demo_clip, video_dataset):
     path, gts = demo_clip(N)
-    if fo.dataset_exists(name):
-        fo.delete_dataset(name)
-    ds = fo.Dataset(name)
-    ds.add_sample(fo.Sample(filepath=str(path)))
+    ds = video_dataset(name, path)
     s = ds.first()
     rows, cols = np.flatnonzero(gts[2].any(1)), np.flatnonzero(gts[2].any(0))
     h, w = gts[2].shape
@@ -35,8 +32,8 @@ def _masks(dets, hw=(480, 854)):
     return {d.index: detection_to_mask(d, hw) for d in dets.detections}
 
 
-def test_apply_model_equals_propagate_frame_by_frame(demo_clip):
-    ds = _dataset("video-model", demo_clip)
+def test_apply_model_equals_propagate_frame_by_frame(demo_clip, video_dataset):
+    ds = _dataset("video-model", demo_clip, video_dataset)
     try:
         frtm_plugin.propagate(ds, "frames.prompts", "sdk", model="d-only", progress=False, **FAST)
         model = frtm_plugin.load_model("d-only", **FAST)
@@ -61,12 +58,12 @@ def test_apply_model_equals_propagate_frame_by_frame(demo_clip):
         fo.delete_dataset(ds.name)
 
 
-def test_bad_options_and_missing_prompt_field_say_what_to_do(demo_clip):
+def test_bad_options_and_missing_prompt_field_say_what_to_do(demo_clip, video_dataset):
     with pytest.raises(TypeError, match="unknown option"):
         frtm_plugin.load_model("d-only", max_sise=3)
     with pytest.raises(ValueError, match="output must be one of"):
         frtm_plugin.load_model("d-only", output="masks")
-    ds = _dataset("video-model-bad", demo_clip)
+    ds = _dataset("video-model-bad", demo_clip, video_dataset)
     try:
         model = frtm_plugin.load_model("d-only", **FAST)
         with pytest.raises(ValueError, match="no prompt field: pass prompt_field="):

@@ -234,10 +234,9 @@ def to_detections(labels: np.ndarray, probabilities: dict[int, np.ndarray], name
     return fo.Detections(detections=dets)
 
 
-def to_heatmap(coarse_scores: dict[int, np.ndarray], inference_hw, frame_hw, shown: int | None = None
-               ) -> fo.Heatmap | None:
-    """D's coarse scores as a Heatmap at the frame's size: ``map`` (uint8, 255 = score 1) shows one object's scores
-    (``shown``) or, by default, the max over objects; each object's own scores stay on the label at feature size
+def to_heatmap(coarse_scores: dict[int, np.ndarray], inference_hw, frame_hw) -> fo.Heatmap | None:
+    """D's coarse scores as a Heatmap at the frame's size: ``map`` (uint8, 255 = score 1) shows the max over
+    objects; each object's own scores stay on the label at feature size
     (``object_scores`` float16 (K, Hf, Wf), ``object_ids``, ``inference_size``), so :func:`show_heatmap_object`
     switches the map between objects without running the model again."""
     if not coarse_scores:
@@ -246,7 +245,7 @@ def to_heatmap(coarse_scores: dict[int, np.ndarray], inference_hw, frame_hw, sho
     stack = np.stack([np.asarray(coarse_scores[i], np.float32) for i in ids]).astype(np.float16)
     heatmap = fo.Heatmap(range=[0, 255], object_ids=ids, object_scores=stack,
                          inference_size=[int(inference_hw[0]), int(inference_hw[1])])
-    show_heatmap_object(heatmap, shown, frame_hw)
+    show_heatmap_object(heatmap, None, frame_hw)
     return heatmap
 
 

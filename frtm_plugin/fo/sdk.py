@@ -310,12 +310,12 @@ class _LabelWriter:
         import threading
 
         self._job, self._sample_id, self._write_frame = job, sample_id, write_frame
-        self._queue = queue.Queue(maxsize=max(2, 2 * job.chunk))
         self._error: BaseException | None = None
         self._target = None
         self._written = self._pending = 0
         self._thread = None
         if background:
+            self._queue = queue.Queue(maxsize=max(2, 2 * job.chunk))
             self._thread = threading.Thread(target=self._run, name="frtm-label-writer", daemon=True)
             self._thread.start()
 

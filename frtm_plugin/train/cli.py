@@ -170,7 +170,8 @@ def cmd_validate(args) -> int:
     if args.model:
         from ..core.segnet import load_segnet_checkpoint
         model, info = load_segnet_checkpoint(args.model)
-    # The checkpoint's meta names its backbone and D's tap; flags override (D-only: MobileNetV2, layer4).
+    # The checkpoint's meta names its backbone (a --backbone must agree) and D's tap (--target-layer may compare
+    # others); without a checkpoint, D-only on MobileNetV2's layer4 unless told otherwise.
     backbone = args.backbone or info.get("backbone") or "mobilenet_v2"
     if info.get("backbone") and backbone != info["backbone"]:
         raise SystemExit(f"{args.model} was trained on {info['backbone']}'s features, not {backbone}'s: drop "
