@@ -236,6 +236,21 @@ def test_pyrup_kernels_are_exact_and_sum_to_one():
     assert torch.equal(w_e, torch.tensor([-0.10546875, 0.87890625, 0.26171875, -0.03515625], dtype=torch.float64))
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pyrup_transposed_form_equals_the_four_kernels(channels_last):
+    g = torch.Generator().manual_seed(2)
+    up = PyrUpBicubic2d(4)
+    for h, w in [(1, 1), (2, 3), (13, 19), (30, 54)]:
+        x = torch.randn(2, 4, h, w, generator=g) * 10
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        four, transposed = up(x), up(x, transposed=True)
+        assert transposed.shape == four.shape == (2, 4, 2 * h, 2 * w)
+        assert torch.allclose(transposed, four, atol=1e-5, rtol=0)  # values ~10: float rounding only
+    x64 = torch.randn(1, 3, 7, 5, generator=g, dtype=torch.float64)
+    assert torch.allclose(up(x64, any_channels=True, transposed=True), up(x64, any_channels=True), atol=1e-12, rtol=0)
+
+
 def test_pyrup_tiny_inputs():
     for h, w in [(1, 1), (1, 3), (2, 2)]:
         x = torch.randn(1, 2, h, w, dtype=torch.float64)
