@@ -195,6 +195,61 @@ def test_hinge_pixel_weights_rules():
     assert torch.equal(hinge_pixel_weights(small, kappa=None), torch.ones(1, h, w))
 
 
+def _hinge_per_sample(masks, kappa=0.1, min_pixels=10):
+    """The released rule written plainly, one sample at a time with Python floats (the reference)."""
+    fg = masks > 0.5
+    out = torch.ones(fg.shape, dtype=masks.dtype)
+    for k in range(fg.shape[0]):
+        n_fg = int(fg[k].sum())
+        frac = n_fg / fg[k].numel()
+        if n_fg >= min_pixels and frac <= kappa:
+            out[k] = torch.where(fg[k], torch.tensor(kappa / frac, dtype=masks.dtype),
+                                 torch.tensor((1.0 - kappa) / (1.0 - frac), dtype=masks.dtype))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hinge_pixel_weights_on_the_device_equal_the_per_sample_rule(dtype):
+    g = torch.Generator().manual_seed(3)
+    masks = torch.zeros(6, 30, 40, dtype=dtype)
+    masks[0, :3, :7] = 1  # 21 px: weighted
+    masks[1, 0, :9] = 1  # 9 px: too few
+    masks[2, :20] = 1  # 67 %: too large
+    masks[3] = (torch.rand(30, 40, generator=g) < 0.05).to(dtype)  # scattered, ~5 %
+    masks[4, 10:12, 10:70 // 2] = 0.7  # soft values above 0.5
+    # masks[5] empty
+    assert torch.equal(hinge_pixel_weights(masks), _hinge_per_sample(masks))
+    assert torch.equal(hinge_pixel_weights(masks, kappa=0.3, min_pixels=5), _hinge_per_sample(masks, 0.3, 5))
+
+
+def test_memory_insert_takes_the_lowest_unprotected_slot_first_of_equals():
+    mem = SampleMemory(capacity=6, channels=1, feat_hw=(2, 2), learning_rate=0.1, dtype=torch.float64)
+    mem.weights[:] = torch.tensor([0.3, 0.1, 0.1, 0.05, 0.2, 0.25], dtype=torch.float64)
+    mem.protected[3] = True  # the lowest, but protected
+    mem.count = 6
+    zeros = (torch.zeros(1, 2, 2, dtype=torch.float64), torch.zeros(9, 2, 2, dtype=torch.float64),
+             torch.zeros(2, 2, dtype=torch.float64))
+    assert int(mem.insert(*zeros)) == 1  # 0.1 at slots 1 and 2: the first
+    for _ in range(5):  # the rule as a stable sort of the unprotected weights would give it
+        expected = int(torch.sort(mem.weights.masked_fill(mem.protected, float("inf")), stable=True).indices[0])
+        assert int(mem.insert(*zeros)) == expected != 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (a host round trip only exists on a GPU)")
+def test_memory_insert_and_pixel_weights_make_no_host_round_trip_on_cuda():
+    mem = SampleMemory(8, 4, (6, 8), 0.1, device="cuda")
+    masks = (torch.rand(2, 96, 128, device="cuda") < 0.03).float()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        hinge_pixel_weights(masks)
+        for _ in range(3):
+            mem.insert(torch.ones(4, 6, 8, device="cuda"), torch.ones(9, 6, 8, device="cuda"),
+                       torch.ones(6, 8, device="cuda"))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_memory_weights_decay_and_replacement():
     mem = SampleMemory(capacity=8, channels=2, feat_hw=(3, 4), learning_rate=0.1, dtype=torch.float64)
     k0 = 5

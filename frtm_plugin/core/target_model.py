@@ -39,6 +39,11 @@ class SolverConfig:
     max_protected_share: float = 0.5  # of the memory's slots; the oldest keyframes' samples are released first
 
 
+def enough_pixels(soft_labels: torch.Tensor, min_pixels: int) -> list[bool]:
+    """For each of N soft masks (N, H, W): whether at least ``min_pixels`` pixels are above 0.5 (D's update rule)."""
+    return ((soft_labels > 0.5).flatten(1).sum(1) >= min_pixels).tolist()
+
+
 def hinge_pixel_weights(masks: torch.Tensor, kappa: float | None = 0.1, min_pixels: int = 10) -> torch.Tensor:
     """The released "hinge" pixel weighting, per sample of (K, H, W) binary masks.
 
@@ -46,10 +51,18 @@ def hinge_pixel_weights(masks: torch.Tensor, kappa: float | None = 0.1, min_pixe
     fewer than ``min_pixels`` pixels, or covering more than kappa of the frame, get uniform weights.
     """
     fg = masks > 0.5
-    weights = torch.ones(fg.shape, dtype=torch.float32 if not masks.is_floating_point() else masks.dtype,
-                         device=masks.device)
+    dtype = torch.float32 if not masks.is_floating_point() else masks.dtype
     if kappa is None:
-        return weights
+        return torch.ones(fg.shape, dtype=dtype, device=masks.device)
+    # on the device, no host round trip; the weights in float64 then cast, as Python floats would give them
+    n_fg = fg.flatten(1).sum(1).to(torch.float64)
+    frac = n_fg / fg[0].numel()
+    weighted = ((n_fg >= min_pixels) & (frac <= kappa)).view(-1, *([1] * (fg.dim() - 1)))
+    # (tensor / tensor: a Python number over a tensor is computed as a reciprocal times the number, 1 ulp away)
+    fg_weight = (torch.full_like(frac, kappa) / frac).to(dtype).view_as(weighted)
+    bg_weight = (torch.full_like(frac, 1.0 - kappa) / (1.0 - frac)).to(dtype).view_as(weighted)
+    ones = torch.ones((), dtype=dtype, device=masks.device)
+    return torch.where(weighted, torch.where(fg, fg_weight, bg_weight), ones)
     n_pixels = fg[0].numel()
     for k in range(fg.shape[0]):
         n_fg = int(fg[k].sum())
@@ -98,10 +111,12 @@ class SampleMemory:
         self.count = k
         self._newest = None
 
-    def insert(self, feature, stencil, target) -> int:
-        """Add one sample (c, Hf, Wf) with its (9, Hf, Wf) stencil and (Hf, Wf) map; returns the slot used."""
+    def insert(self, feature, stencil, target) -> torch.Tensor:
+        """Add one sample (c, Hf, Wf) with its (9, Hf, Wf) stencil and (Hf, Wf) map; returns the slot used (a 0-d
+        tensor on the memory's device)."""
         w, eta = self.weights, self.learning_rate
-        slot = self._free_slots(1)[0]
+        # the lowest-weight unprotected slot (the first of equals), chosen on the device: no host round trip
+        slot = torch.argmin(w.masked_fill(self.protected, float("inf")))
         if self._newest is None:
             w /= 1.0 - eta
             w[slot] = eta
@@ -220,15 +235,19 @@ class TargetModel:
         h = self.project(feature)
         return h, self.scores(h)
 
-    def update(self, projected: torch.Tensor, soft_label: torch.Tensor) -> bool:
+    def update(self, projected: torch.Tensor, soft_label: torch.Tensor, visible: bool | None = None) -> bool:
         """Insert the frame's (projected features, soft mask) and refit W2 on every ``update_every``-th frame.
 
         A mask with fewer than ``min_update_pixels`` pixels above 0.5 means the target is lost or tiny: nothing is
-        stored and nothing is refitted. Returns whether the sample was stored.
+        stored and nothing is refitted. ``visible``: that test's result when the caller has it (the tracker counts
+        the pixels of all the frame's objects at once: one host round trip per frame, not one per object).
+        Returns whether the sample was stored.
         """
         cfg = self.config
         soft_label = soft_label.to(self.w1.dtype)
-        if int((soft_label > 0.5).sum()) < cfg.min_update_pixels:
+        if visible is None:
+            visible = enough_pixels(soft_label[None], cfg.min_update_pixels)[0]
+        if not visible:
             return False
         pixel_weights = hinge_pixel_weights(soft_label[None], cfg.hinge_kappa, cfg.min_update_pixels)
         stencil, target = ops.stencil_precompute(soft_label[None], pixel_weights, projected.shape[-2:])

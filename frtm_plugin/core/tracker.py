@@ -32,7 +32,7 @@ from .augment import augment_first_frame
 from .defaults import DEFAULT_MAX_SIZE, MAX_OBJECT_ID  # noqa: F401  (re-exported)
 from .prompts import check_keyframes, fit_mask, masks_from_label_map  # noqa: F401  (re-exported)
 from .merge import merge_labels, soft_aggregate
-from .target_model import SolverConfig, TargetModel
+from .target_model import SolverConfig, TargetModel, enough_pixels
 
 
 
@@ -211,9 +211,10 @@ class FRTMTracker:
         if tracked:
             ids = sorted(probs)
             merged = soft_aggregate(torch.stack([probs[i] for i in ids]))
+            visible = enough_pixels(merged[1:].float(), self.config.solver.min_update_pixels)
             for row, obj_id in enumerate(ids):
                 if obj_id in projected:
-                    self.objects[obj_id].target_model.update(projected[obj_id], merged[row + 1])
+                    self.objects[obj_id].target_model.update(projected[obj_id], merged[row + 1], visible[row])
 
         out = self.finish(probs, full_hw, full_prompts, coarse)
         out.inference_probabilities = probs
