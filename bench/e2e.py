@@ -25,6 +25,7 @@ do less solver work than this project's defaults (GN/CG init (5, 10, 10, 10), up
 Not a test: prints a markdown table.
 
     python bench/e2e.py [--frames 20] [--objects 1,3,10] [--models default,rn18] [--threads 2] [--authors RUNNER]
+                        [--authors-objects 1,3]
 """
 
 from __future__ import annotations
@@ -132,6 +133,8 @@ def main() -> None:
     p.add_argument("--models", default="default,rn18")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--authors", metavar="RUNNER", help="a script timing the authors' released code (RN18 rows)")
+    p.add_argument("--authors-objects", default="1,3",
+                   help="object counts to time the authors' code at (10 objects take it about 10 minutes)")
     args = p.parse_args()
 
     import torch
@@ -168,7 +171,7 @@ def main() -> None:
             extra = ""
             if args.authors:
                 extra = " n/a | n/a |"
-                if model == "rn18":
+                if model == "rn18" and str(n) in args.authors_objects.split(","):
                     theirs = _authors_fps(args.authors, seq.frame_paths[0].parent, keyframes[0], args.frames,
                                           args.threads, tmp)
                     extra = f" {theirs:.2f} | {f[1] / theirs:.2f}x |"
