@@ -89,8 +89,7 @@ def _passthrough_segnet():
 
 
 def _tracker(model: str, config):
-    from frtm_plugin.core.backbone import BACKBONE_CHANNELS, build_backbone
-    from frtm_plugin.core.segnet import SegNetwork
+    from frtm_plugin.core.backbone import build_backbone
     from frtm_plugin.core.tracker import FRTMTracker
     from frtm_plugin.models import build_tracker
 

@@ -190,8 +190,8 @@ class PyrUpBicubic2d(nn.Module):
         if c != self.channels and not any_channels:
             raise ValueError(f"PyrUpBicubic2d({self.channels}) got {c} channels")
         if transposed:
-            # at least float32, and channels-last, whatever the input: the depthwise transposed convolution is fast only so on
-            # CPU (in bfloat16, under autocast or not, it measured 60 ms against 2 ms for the same map)
+            # at least float32, and channels-last, whatever the input: only so is the depthwise transposed convolution
+            # fast on CPU (in bfloat16, under autocast or not, it measured 60 ms against 2 ms for the same map)
             work = torch.float64 if x.dtype == torch.float64 else torch.float32
             with torch.autocast(x.device.type, enabled=False):
                 xp = F.pad(x.to(work).contiguous(memory_format=torch.channels_last), (2, 2, 2, 2), mode="replicate")

@@ -63,14 +63,6 @@ def hinge_pixel_weights(masks: torch.Tensor, kappa: float | None = 0.1, min_pixe
     bg_weight = (torch.full_like(frac, 1.0 - kappa) / (1.0 - frac)).to(dtype).view_as(weighted)
     ones = torch.ones((), dtype=dtype, device=masks.device)
     return torch.where(weighted, torch.where(fg, fg_weight, bg_weight), ones)
-    n_pixels = fg[0].numel()
-    for k in range(fg.shape[0]):
-        n_fg = int(fg[k].sum())
-        frac = n_fg / n_pixels
-        if n_fg < min_pixels or frac > kappa:
-            continue
-        weights[k] = torch.where(fg[k], kappa / frac, (1.0 - kappa) / (1.0 - frac))
-    return weights
 
 
 class SampleMemory:
