@@ -139,7 +139,6 @@ def main() -> None:
     import torch
 
     from frtm_plugin.core.tracker import TrackerConfig
-    from frtm_plugin.core.video_loop import propagate_in_video
     from frtm_plugin.io.davis import load_sequence
     from frtm_plugin.io.labels import read_label_png
 
@@ -155,7 +154,14 @@ def main() -> None:
     print("| model | objects | " + " | ".join(f"{v} FPS" for v in variants) +
           " | fast / plain | bf16 / plain | agreement fast | agreement bf16" + authors + " |")
     print("|---" * (2 + len(variants) + 4 + 2 * bool(args.authors)) + "|")
-    tmp = Path(tempfile.mkdtemp(prefix="frtm-e2e-"))
+    with tempfile.TemporaryDirectory(prefix="frtm-e2e-") as tmp:
+        _rows(args, variants, frames, gt, seq.frame_paths[0].parent, Path(tmp))
+
+
+def _rows(args, variants, frames, gt, frames_dir: Path, tmp: Path) -> None:
+    """One table row per (model, object count): the variants back to back, then the authors' code if asked."""
+    from frtm_plugin.core.video_loop import propagate_in_video
+
     for model in args.models.split(","):
         for n in (int(x) for x in args.objects.split(",")):
             keyframes = {0: _objects(gt, n)}
@@ -171,8 +177,7 @@ def main() -> None:
             if args.authors:
                 extra = " n/a | n/a |"
                 if model == "rn18" and str(n) in args.authors_objects.split(","):
-                    theirs = _authors_fps(args.authors, seq.frame_paths[0].parent, keyframes[0], args.frames,
-                                          args.threads, tmp)
+                    theirs = _authors_fps(args.authors, frames_dir, keyframes[0], args.frames, args.threads, tmp)
                     extra = f" {theirs:.2f} | {f[1] / theirs:.2f}x |"
             print(f"| {model} | {n} | " + " | ".join(f"{x:.2f}" for x in f) + f" | {f[1] / f[0]:.2f}x | "
                   f"{f[2] / f[0]:.2f}x | {(fast == plain).mean():.5f} | {(bf16 == plain).mean():.5f} |" + extra,

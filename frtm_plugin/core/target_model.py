@@ -107,8 +107,8 @@ class SampleMemory:
         """Add one sample (c, Hf, Wf) with its (9, Hf, Wf) stencil and (Hf, Wf) map; returns the slot used (a 0-d
         tensor on the memory's device)."""
         w, eta = self.weights, self.learning_rate
-        # the lowest-weight unprotected slot (the first of equals), chosen on the device: no host round trip
-        slot = torch.argmin(w.masked_fill(self.protected, float("inf")))
+        # the first of _free_slots' order, chosen on the device (argmin takes the first of equals): no host round trip
+        slot = torch.argmin(self._replaceable_weights())
         if self._newest is None:
             w /= 1.0 - eta
             w[slot] = eta
@@ -122,10 +122,13 @@ class SampleMemory:
         self.count = min(self.count + 1, self.capacity)
         return slot
 
+    def _replaceable_weights(self) -> torch.Tensor:
+        """The slots' weights with protected slots at infinity: the lowest is replaced first."""
+        return self.weights.masked_fill(self.protected, float("inf"))
+
     def _free_slots(self, k: int) -> list[int]:
         """The k unprotected slots of lowest weight (empty slots weigh 0, so they come first, in order)."""
-        w = self.weights.masked_fill(self.protected, float("inf"))
-        return [int(i) for i in torch.sort(w, stable=True).indices[:k]]
+        return [int(i) for i in torch.sort(self._replaceable_weights(), stable=True).indices[:k]]
 
     def insert_keyframe(self, features, stencil, target, share: float, max_protected: int) -> list[int]:
         """Add a keyframe's samples ((c, K, Hf, Wf) projected features, their stencils and maps; sample 0 the frame,
