@@ -31,8 +31,8 @@ from frtm_plugin import ops  # noqa: E402
 from frtm_plugin.core.problems import InitProblem, UpdateProblem  # noqa: E402
 from frtm_plugin.core.reference import ReferenceProblem  # noqa: E402
 from frtm_plugin.core.solver import gauss_newton  # noqa: E402
-from frtm_plugin.core.target_model import (SampleMemory, SolverConfig, TargetModel, hinge_pixel_weights,  # noqa: E402
-                                           initial_sample_weights)
+from frtm_plugin.core.target_model import (RELEASED_LEARNING_RATE, SampleMemory, SolverConfig,  # noqa: E402
+                                           TargetModel, hinge_pixel_weights, initial_sample_weights)
 
 FULL = dict(c_in=1024, k_init=5, k_mem=80, c=96, feat_hw=(30, 54), label_hw=(480, 854))
 QUICK = dict(c_in=256, k_init=5, k_mem=20, c=96, feat_hw=(15, 27), label_hw=(240, 427))
@@ -160,7 +160,7 @@ def main():
 
     # -- update: a full memory of K projected samples, over W2 ------------------------------------------------------
     h, y, v = samples(s["k_mem"], s["c"], feat_hw, label_hw, g)
-    w = memory_weights(s["k_init"], s["k_mem"], cfg.learning_rate)
+    w = memory_weights(s["k_init"], s["k_mem"], RELEASED_LEARNING_RATE)
     stencil, target = ops.stencil_precompute(y, v, feat_hw)  # done when each sample entered the memory
     hf = h.permute(1, 0, 2, 3).contiguous()
 
@@ -186,7 +186,7 @@ def main():
 
     # -- memory per object -----------------------------------------------------------------------------------------
     k, c, (fh, fw), (lh, lw) = s["k_mem"], s["c"], feat_hw, label_hw
-    ours = SampleMemory(k, c, feat_hw, cfg.learning_rate).nbytes / 1e6
+    ours = SampleMemory(k, c, feat_hw, RELEASED_LEARNING_RATE).nbytes / 1e6
     released = 4 * (k * c * fh * fw + 2 * k * lh * lw) / 1e6
 
     def cell(t, p):

@@ -6,6 +6,7 @@ its widths (or its ``meta``), and the backbone's ImageNet weights are resolved a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from .core.backbone import build_backbone
 from .core.segnet import load_segnet_checkpoint
+from .core.target_model import OFFLINE_LEARNING_RATE
 from .core.tracker import FRTMTracker, TrackerConfig
 from .core.weights import file_sha256
 
@@ -29,7 +31,26 @@ def zoo_checkpoint(zoo_name: str) -> Path:
     if zoo_name not in ZOO_MODELS:
         raise ValueError(f"unknown FRTM zoo model {zoo_name!r}; this version ships {sorted(ZOO_MODELS)}")
     return ZOO_MODELS[zoo_name]
+
+
 DEFAULT_BACKBONE = "mobilenet_v2"
+#: The inference settings this project's models use where the released ones were measured worse (a checkpoint's
+#: ``meta["inference"]``, written by the trainer; D-only uses them too). Checkpoints without them, such as the
+#: authors' released ones, keep the released settings.
+OFFLINE_INFERENCE = {"solver": {"learning_rate": OFFLINE_LEARNING_RATE}}
+
+
+def model_config(config: TrackerConfig, inference: dict) -> TrackerConfig:
+    """``config`` with the settings it leaves to the model (``None``) filled from the model's inference settings
+    (a checkpoint's ``meta["inference"]``, or :data:`OFFLINE_INFERENCE`): ``{"solver": {field: value}}``."""
+    solver = inference.get("solver") or {}
+    unknown = sorted(set(inference) - {"solver"}) + sorted(set(solver) - {f.name for f in
+                                                                           dataclasses.fields(config.solver)})
+    if unknown:
+        raise ValueError(f"the model's inference settings have unknown entries {unknown} (expected "
+                         "{'solver': {SolverConfig field: value}})")
+    own = {k: v for k, v in solver.items() if getattr(config.solver, k) is None}
+    return dataclasses.replace(config, solver=dataclasses.replace(config.solver, **own)) if own else config
 
 
 @dataclass
@@ -78,7 +99,8 @@ def build_tracker(model: str = "default", backbone: str | None = None, device: s
     net = build_backbone(backbone, weights=backbone_weights, target_layer=target_layer)
     for n in notes:
         log.warning(n)
-    tracker = FRTMTracker(net, segnet, config, device=device)
+    inference = (meta["meta"].get("inference") or {}) if path is not None else OFFLINE_INFERENCE
+    tracker = FRTMTracker(net, segnet, model_config(config, inference), device=device)
     info = ModelInfo(model=model, backbone=backbone, target_layer=net.target_layer,
                      segnet_path=str(path) if path else None,
                      segnet_sha256=file_sha256(path) if path else None,

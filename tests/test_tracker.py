@@ -151,6 +151,39 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         build_tracker(str(tmp_path / "nope.pth"))
 
 
+def test_models_fill_only_the_settings_left_to_them(tmp_path, mobilenet):
+    """Our models (the shipped checkpoint's meta, D-only) set D's memory rate; an explicit setting wins; a
+    checkpoint without inference settings (the authors' format) keeps the released rate."""
+    from frtm_plugin.core.segnet import save_segnet_checkpoint
+    from frtm_plugin.core.target_model import OFFLINE_LEARNING_RATE, RELEASED_LEARNING_RATE, TargetModel
+    from frtm_plugin.models import DEFAULT_CHECKPOINT, OFFLINE_INFERENCE, build_tracker, model_config
+
+    assert OFFLINE_LEARNING_RATE != RELEASED_LEARNING_RATE
+    assert model_config(TrackerConfig(), OFFLINE_INFERENCE).solver.learning_rate == OFFLINE_LEARNING_RATE
+    assert model_config(TrackerConfig(), {}).solver.learning_rate is None
+    mine = TrackerConfig(solver=SolverConfig(learning_rate=0.3), max_size=480)
+    assert model_config(mine, OFFLINE_INFERENCE) == mine
+    with pytest.raises(ValueError, match="unknown entries.*'rate'"):
+        model_config(TrackerConfig(), {"solver": {"rate": 0.1}})
+    with pytest.raises(ValueError, match="unknown entries.*'segnet'"):
+        model_config(TrackerConfig(), {"segnet": {}})
+
+    # a model with learning_rate None runs at the released rate
+    tm = TargetModel(4, SolverConfig(channels=2, init_cg_iters=(1,)))
+    tm.initialize(torch.randn(1, 4, 3, 3), (torch.rand(1, 48, 48) > 0.5).float())
+    assert tm.memory.learning_rate == RELEASED_LEARNING_RATE
+
+    if DEFAULT_CHECKPOINT.is_file():
+        tracker, _ = build_tracker("default", config=TrackerConfig(max_size=480))
+        assert tracker.config.solver.learning_rate == OFFLINE_LEARNING_RATE and tracker.config.max_size == 480
+    assert build_tracker("d-only")[0].config.solver.learning_rate == OFFLINE_LEARNING_RATE
+    released = tmp_path / "released.pth"
+    torch.manual_seed(0)
+    save_segnet_checkpoint(released, SegNetwork({k: mobilenet.channels[k] for k in mobilenet.seg_layers}),
+                           {"backbone": "mobilenet_v2"})
+    assert build_tracker(str(released))[0].config.solver.learning_rate is None
+
+
 # -- real clips ----------------------------------------------------------------------------------------------------
 
 def _run(tracker, seq, n_frames):

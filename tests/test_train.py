@@ -260,6 +260,38 @@ def test_init_from_a_checkpoint(tmp_path, uninterrupted, backbone, sequences):
         tiny_config(init_from=str(tmp_path / "missing.pth")).validate()
 
 
+def test_weight_averaging(tmp_path, uninterrupted, backbone, sequences):
+    """--ema-decay: the exported and validated S is the moving average of the weights after every step (warm-up
+    (1 + t) / (10 + t)), BatchNorm statistics included; it survives stop and resume; off, S is the last weights."""
+    _, _, cache = uninterrupted
+    decay = 0.6
+    snapshots = []
+    trainer = Trainer(sequences, tiny_config(ema_decay=decay, epochs=2), tmp_path / "ema", cache, backbone=backbone,
+                      progress=False, on_step=lambda e, b: snapshots.append(_state(trainer)))
+    expected = _state(trainer)
+    trainer.run(stop_after=1)
+    resumed = Trainer(sequences, tiny_config(ema_decay=decay, epochs=2), tmp_path / "ema", cache, backbone=backbone,
+                      progress=False, on_step=lambda e, b: snapshots.append(_state(resumed)))
+    resumed.run()
+    assert len(snapshots) == resumed.step == 4
+    for t, snap in enumerate(snapshots):
+        d = min(decay, (1 + t) / (10 + t))
+        for k, v in snap.items():
+            expected[k] = d * expected[k] + (1 - d) * v if v.is_floating_point() else v
+    exported, _ = load_segnet_checkpoint(resumed.export(tmp_path / "ema.pth"))
+    last = _state(resumed)
+    moved = 0
+    for k, v in exported.state_dict().items():
+        assert torch.allclose(v, expected[k], rtol=0, atol=1e-6), k
+        moved += v.is_floating_point() and not torch.allclose(v, last[k])
+    assert moved > 0  # the average is not the last weights
+    plain, _ = load_segnet_checkpoint(uninterrupted[0].export(tmp_path / "plain.pth"))
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, uninterrupted[0].segnet.state_dict()[k]), k
+    with pytest.raises(ValueError, match="ema_decay"):
+        tiny_config(ema_decay=1.0).validate()
+
+
 def test_bad_settings_and_inputs(davis_root):
     with pytest.raises(ValueError, match="multiples of 32"):
         tiny_config(crop=(100, 224)).validate()

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--distractor-prob", type=float, default=0.0,
                    help="share of test frames with a window of another video's object pasted in, labelled "
                         "background (teaches S to follow D's scores; 0 = the released recipe)")
+    t.add_argument("--ema-decay", type=float, default=0.0,
+                   help="export and validate an exponential moving average of S's weights with this decay per step "
+                        "(e.g. 0.995; 0 = off, the released recipe)")
     t.add_argument("--distractor-size", type=float, default=0.5, help="pasted window, fraction of the test frame")
     t.add_argument("--init-from", type=Path, default=None,
                    help="start S from this S checkpoint (ours or the authors' released format): fine-tuning")
@@ -99,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _validate_reports(root, seqs, segnet_or_path, backbone_name, layers, max_frames) -> dict:
+def _validate_reports(root, seqs, segnet_or_path, backbone_name, layers, max_frames, inference=None) -> dict:
     from ..core.backbone import build_backbone
     from .validate import evaluate_model
     reports = {}
@@ -109,7 +112,7 @@ def _validate_reports(root, seqs, segnet_or_path, backbone_name, layers, max_fra
                                                       progress=True)
         if segnet_or_path is not None:
             reports[f"D+S ({layer})"] = evaluate_model(root, seqs, segnet_or_path, backbone=bb,
-                                                       max_frames=max_frames, progress=True)
+                                                       max_frames=max_frames, progress=True, inference=inference)
     return reports
 
 
@@ -135,7 +138,7 @@ def cmd_train(args) -> int:
                       num_aug=args.num_aug, samples_per_epoch=args.samples_per_epoch, batch_size=args.batch_size,
                       epochs=args.epochs, lr=args.lr, lr_step_epochs=lr_step, seed=args.seed, source=source,
                       distractor_prob=args.distractor_prob, distractor_size=args.distractor_size,
-                      init_from=str(args.init_from.resolve()) if args.init_from else "")
+                      init_from=str(args.init_from.resolve()) if args.init_from else "", ema_decay=args.ema_decay)
     validate_fn = None
     if args.val_every and val and args.davis is not None:
         def validate_fn(segnet, epoch):
@@ -152,7 +155,7 @@ def cmd_train(args) -> int:
         return 0
     extra = {}
     if val and args.davis is not None and not args.no_validate:
-        reports = _validate_reports(args.davis, val, trainer.segnet, cfg.backbone, [cfg.target_layer],
+        reports = _validate_reports(args.davis, val, trainer.shipped_segnet(), cfg.backbone, [cfg.target_layer],
                                     args.val_frames)
         (args.out / "validation.json").write_text(json.dumps(reports, indent=1))
         print(format_comparison(reports))
@@ -177,7 +180,10 @@ def cmd_validate(args) -> int:
         raise SystemExit(f"{args.model} was trained on {info['backbone']}'s features, not {backbone}'s: drop "
                          f"--backbone or pass --backbone {info['backbone']}")
     layers = _split(args.target_layer) or [info.get("target_layer") or "layer4"]
-    reports = _validate_reports(args.davis, _split(args.val_sequences), model, backbone, layers, args.max_frames)
+    # the checkpoint's own inference settings (none in the authors' released ones: the released settings)
+    inference = (info["meta"].get("inference") or {}) if model is not None else None
+    reports = _validate_reports(args.davis, _split(args.val_sequences), model, backbone, layers, args.max_frames,
+                                inference)
     print(format_comparison(reports))
     if args.json:
         args.json.write_text(json.dumps(reports, indent=1))

@@ -23,6 +23,7 @@ weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 
 from ..core.backbone import BACKBONE_CHANNELS, SEG_LAYERS, Backbone, build_backbone
 from ..core.segnet import CHECKPOINT_PREFIX, SegNetwork, save_segnet_checkpoint
+from ..models import OFFLINE_INFERENCE
 from .cache import TRAIN_SOLVER, FeatureCache, TargetModelCache, atomic_save, d_scores, load, resize_label
 from .data import TrainSequence
 
@@ -52,7 +54,7 @@ IGNORE = -1.0  # label value of pixels left out of the loss
 # Settings that change what is learned: a resumed run must match the checkpoint on these.
 _RESUME_KEYS = ("backbone", "target_layer", "seg_layers", "size", "crop", "frame_step", "ref_frames", "num_aug",
                 "min_ref_pixels", "samples_per_epoch", "batch_size", "test_frames", "lr", "weight_decay",
-                "lr_gamma", "seed", "source", "distractor_prob", "distractor_size", "init_from")
+                "lr_gamma", "seed", "source", "distractor_prob", "distractor_size", "init_from", "ema_decay")
 # The schedule may be edited on resume (--epochs, --lr-step, --object-crop-prob): shortening, extending or
 # fine-tuning a run that is under way. The learning rate is then recomputed for the new step:
 # lr * gamma ** (epochs_done // lr_step_epochs).
@@ -87,6 +89,9 @@ class TrainConfig:
     lr_gamma: float = 0.1
     distractor_prob: float = 0.0  # share of test frames with another video's object pasted in (label 0)
     distractor_size: float = 0.5  # pasted window: this fraction of the test frame's height and width
+    # exponential moving average of S's weights (and BatchNorm statistics) over the optimizer steps, exported and
+    # validated instead of the last weights; 0 = off (the released recipe)
+    ema_decay: float = 0.0
     init_from: str = ""  # S checkpoint to start from (released format); "" = PyTorch's default init
     seed: int = 0
     source: str = ""  # identity of the data source (a cache folder name)
@@ -121,6 +126,8 @@ class TrainConfig:
         for name in ("object_crop_prob", "distractor_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0.0 < self.distractor_size <= 1.0:
             raise ValueError(f"distractor_size must be in (0, 1], got {self.distractor_size}")
         if self.init_from and not Path(self.init_from).is_file():
@@ -185,6 +192,10 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps taken
         self.history: list[dict] = []
+        # S's averaged state (config.ema_decay > 0), float copies of every entry of its state dict
+        self.ema: dict[str, torch.Tensor] | None = None
+        if config.ema_decay > 0:
+            self.ema = {k: v.detach().clone() for k, v in self.segnet.state_dict().items()}
 
     def _load_initial_weights(self, path: str) -> None:
         from ..core.segnet import load_segnet_checkpoint
@@ -210,6 +221,7 @@ class Trainer:
     def meta(self) -> dict:
         c = self.config
         return {"backbone": c.backbone, "target_layer": c.target_layer, "seg_layers": list(c.seg_layers),
+                "inference": OFFLINE_INFERENCE,  # the tracker settings S is validated and shipped with
                 "train": {**c.to_dict(), "epochs_done": self.epoch, "steps_done": self.step,
                           "train_seconds": round(sum(h["seconds"] for h in self.history), 1),
                           "target_model": {"channels": TRAIN_SOLVER.channels, "filter_reg": list(TRAIN_SOLVER.filter_reg),
@@ -219,13 +231,34 @@ class Trainer:
                           "sequences": [s.name for s in self.sequences],
                           **({"init_from_checkpoint": self._init_meta} if self._init_meta else {})}}
 
+    # -- weight averaging ---------------------------------------------------------------------------------------
+    def _update_ema(self) -> None:
+        """ema <- d ema + (1 - d) current, with d warmed up as (1 + step) / (10 + step) so early averages are not
+        dominated by the initial weights; integer buffers (BatchNorm's batch counts) are copied."""
+        d = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for k, v in self.segnet.state_dict().items():
+                if v.is_floating_point():
+                    self.ema[k].mul_(d).add_(v.detach(), alpha=1.0 - d)
+                else:
+                    self.ema[k].copy_(v)
+
+    def shipped_segnet(self) -> SegNetwork:
+        """S as it is exported and validated: the averaged weights when averaging, else the network itself."""
+        if self.ema is None:
+            return self.segnet
+        net = copy.deepcopy(self.segnet)
+        net.load_state_dict(self.ema, strict=True)
+        return net
+
     # -- checkpoints --------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         path = self.out_dir / "checkpoints" / f"epoch_{self.epoch:04d}.pth"
         sd = {CHECKPOINT_PREFIX + k: v.detach().cpu().clone() for k, v in self.segnet.state_dict().items()}
         atomic_save({"model": sd, "meta": self.meta(), "epoch": self.epoch, "step": self.step,
                      "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                     "history": self.history, "config": self.config.to_dict()}, path)
+                     "history": self.history, "config": self.config.to_dict(),
+                     **({"ema": {k: v.clone() for k, v in self.ema.items()}} if self.ema is not None else {})}, path)
         old = sorted(path.parent.glob("epoch_*.pth"))[:-max(1, self.config.keep_checkpoints)]
         for p in old:
             p.unlink(missing_ok=True)
@@ -246,6 +279,8 @@ class Trainer:
         self.segnet.load_state_dict(sd, strict=True)
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
+        if self.ema is not None:
+            self.ema = {k: v.clone() for k, v in ck["ema"].items()}
         self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
         self.history = list(ck["history"])
         for k in ("epochs", "object_crop_prob"):
@@ -479,6 +514,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.ema is not None:
+                self._update_ema()
             self.step += 1
             with torch.no_grad():
                 p, g = (logits > 0) & valid, y > 0.5
@@ -519,7 +556,7 @@ class Trainer:
                    "cache_seconds": round(cache_s, 2),
                    "seconds": round(time.perf_counter() - t0, 2)}
             if self.validate_fn is not None and self.val_every and epoch % self.val_every == 0:
-                rec["val"] = self.validate_fn(self.segnet, epoch)
+                rec["val"] = self.validate_fn(self.shipped_segnet(), epoch)
                 self.segnet.train()
             self.history.append(rec)
             self.save_checkpoint()
@@ -534,5 +571,6 @@ class Trainer:
         meta = self.meta()
         if extra_meta:
             meta.update(extra_meta)
-        self.segnet.eval()
-        return save_segnet_checkpoint(path, self.segnet, meta)
+        net = self.shipped_segnet()
+        net.eval()
+        return save_segnet_checkpoint(path, net, meta)

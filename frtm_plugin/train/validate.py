@@ -21,6 +21,7 @@ from ..core.video_loop import propagate_in_video
 from ..io.davis import load_sequence
 from ..io.labels import read_label_png
 from ..metrics import SequenceResult, aggregate, evaluate_sequence
+from ..models import OFFLINE_INFERENCE, model_config
 
 __all__ = ["track_sequence", "evaluate_model", "format_comparison"]
 
@@ -53,19 +54,25 @@ def _segnet(model) -> SegNetwork | None:
 def evaluate_model(root: str | os.PathLike, sequences: Sequence[str], model=None, *,
                    backbone: Backbone | str = "mobilenet_v2", target_layer: str | None = None,
                    max_frames: int | None = None, config: TrackerConfig = TrackerConfig(),
-                   progress: bool = False) -> dict:
+                   progress: bool = False, inference: dict | None = None) -> dict:
     """Track and score ``sequences`` of a DAVIS-layout ``root``.
 
     ``model``: ``None``/``"d-only"`` (D alone), a :class:`SegNetwork`, or a checkpoint path (its meta decides the
-    target layer unless ``target_layer`` is given). Returns ``{"per_sequence": {name: {"J", "F", "J&F"}},
-    "overall": {...}, "seconds": wall time, "frames": n}`` with scores as fractions.
+    target layer unless ``target_layer`` is given). ``inference``: the model's own tracker settings (see
+    ``models.model_config``; default: a checkpoint's, else this project's). Returns ``{"per_sequence": {name:
+    {"J", "F", "J&F"}}, "overall": {...}, "seconds": wall time, "frames": n}`` with scores as fractions.
     """
     if not sequences:
         raise ValueError("no validation sequence given")
+    # the model's own inference settings where ``config`` leaves them open: ``inference``, else a checkpoint's,
+    # else this project's (an S being trained here, or D-only)
     if isinstance(model, (str, Path)) and str(model) != "d-only":
         net, info = load_segnet_checkpoint(model)
         target_layer = target_layer or info["target_layer"]
+        inference = (info["meta"].get("inference") or {}) if inference is None else inference
         model = net
+    inference = OFFLINE_INFERENCE if inference is None else inference
+    config = model_config(config, inference)
     segnet = _segnet(model)
     if isinstance(backbone, str):
         backbone = build_backbone(backbone, target_layer=target_layer)
