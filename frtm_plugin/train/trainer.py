@@ -192,7 +192,7 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps taken
         self.history: list[dict] = []
-        # S's averaged state (config.ema_decay > 0), float copies of every entry of its state dict
+        # S's averaged state dict (config.ema_decay > 0), updated after every optimizer step
         self.ema: dict[str, torch.Tensor] | None = None
         if config.ema_decay > 0:
             self.ema = {k: v.detach().clone() for k, v in self.segnet.state_dict().items()}
@@ -270,7 +270,7 @@ class Trainer:
         if path is None:
             return False
         ck = load(path)
-        saved, now = ck["config"], self.config.to_dict()
+        saved, now = {"ema_decay": 0.0, **ck["config"]}, self.config.to_dict()  # runs from before averaging had none
         diff = {k: (saved.get(k), now[k]) for k in _RESUME_KEYS if saved.get(k) != now[k]}
         if diff:
             raise ValueError(f"{path} was written with different settings {diff} (checkpoint, now); use another "
