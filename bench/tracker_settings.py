@@ -95,6 +95,8 @@ def main(argv=None) -> None:
     p.add_argument("--model", default="default", help="default, d-only, or an S checkpoint path")
     p.add_argument("--sequences", default=",".join(HELD_OUT), help="comma list, or 'all' (every sequence of --data)")
     p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--backbone", default="mobilenet_v2",
+                   help="D's backbone for --model d-only: mobilenet_v2 or efficientnet_lite0/1/2")
     p.add_argument("--target-layer", default="layer4_expand",
                    help="D's tap for --model d-only (a checkpoint's own meta decides otherwise)")
     p.add_argument("--threads", type=int, default=2)
@@ -112,12 +114,20 @@ def main(argv=None) -> None:
     else:
         sequences = args.sequences.split(",")
     model = DEFAULT_CHECKPOINT if args.model == "default" else args.model
+    backbone = "mobilenet_v2"
+    if args.model == "d-only" and args.backbone.startswith("efficientnet_lite"):
+        from frtm_plugin.core.efficientnet_lite import build_efficientnet_lite
+
+        backbone = build_efficientnet_lite(args.backbone, target_layer=args.target_layer)
+    elif args.model == "d-only":
+        backbone = args.backbone
     rows = []
     for name, overrides in parse_variants(args.variants):
         config = make_config(overrides)
-        report = evaluate_model(args.data, sequences, model, config=config,
+        report = evaluate_model(args.data, sequences, model, config=config, backbone=backbone,
                                 target_layer=args.target_layer if args.model == "d-only" else None)
-        row = {"variant": name, "target_layer": report["target_layer"], "overrides": {k: repr(v) for k, v in overrides.items()}, "model": report["model"],
+        row = {"variant": name, "backbone": args.backbone if args.model == "d-only" else "checkpoint's",
+               "target_layer": report["target_layer"], "overrides": {k: repr(v) for k, v in overrides.items()}, "model": report["model"],
                "per_sequence": report["per_sequence"], "overall": report["overall"],
                "seconds": round(report["seconds"], 1), "frames": report["frames"], "threads": args.threads,
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
