@@ -8,11 +8,13 @@ never saw. Not a test: prints a table (J&F per sequence and overall, %), and app
 ``--results`` (JSON lines) so a sweep can run one variant per process and be tabulated at the end.
 
     python bench/tracker_settings.py --model d-only --sequences all \
-        --variants "base:;every4:solver.update_every=4;aug15:num_aug=15" --results dsweep.jsonl
-    python bench/tracker_settings.py --model default --variants "base:;lr05:solver.learning_rate=0.05"
+        --variants "base:solver.learning_rate=0.1;aug15:num_aug=15" --results dsweep.jsonl
+    python bench/tracker_settings.py --model default --variants "own:;lr05:solver.learning_rate=0.05"
 
 A variant is ``name:key=value,key=value`` (``key`` a ``TrackerConfig`` field, or ``solver.<field>``; ``value`` a
-Python literal); variants are separated by ``;``.
+Python literal); variants are separated by ``;``. Settings left out are the model's own (``models.model_config``:
+D-only and this project's checkpoints run D's memory at ``OFFLINE_LEARNING_RATE``), so a baseline at the released
+settings says so: ``base:solver.learning_rate=0.1``.
 """
 
 from __future__ import annotations
