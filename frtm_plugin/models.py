@@ -40,12 +40,20 @@ DEFAULT_BACKBONE = "mobilenet_v2"
 OFFLINE_INFERENCE = {"solver": {"learning_rate": OFFLINE_LEARNING_RATE}}
 
 
+def model_inference(checkpoint_info: dict | None) -> dict:
+    """A model's own inference settings: a checkpoint's ``meta["inference"]`` (none in the authors' released
+    checkpoints: the released settings), or for D-only (``None``) :data:`OFFLINE_INFERENCE`."""
+    if checkpoint_info is None:
+        return OFFLINE_INFERENCE
+    return (checkpoint_info.get("meta") or {}).get("inference") or {}
+
+
 def model_config(config: TrackerConfig, inference: dict) -> TrackerConfig:
     """``config`` with the settings it leaves to the model (``None``) filled from the model's inference settings
-    (a checkpoint's ``meta["inference"]``, or :data:`OFFLINE_INFERENCE`): ``{"solver": {field: value}}``."""
+    (:func:`model_inference`): ``{"solver": {field: value}}``."""
     solver = inference.get("solver") or {}
-    unknown = sorted(set(inference) - {"solver"}) + sorted(set(solver) - {f.name for f in
-                                                                           dataclasses.fields(config.solver)})
+    fields = {f.name for f in dataclasses.fields(config.solver)}
+    unknown = sorted(set(inference) - {"solver"}) + sorted(set(solver) - fields)
     if unknown:
         raise ValueError(f"the model's inference settings have unknown entries {unknown} (expected "
                          "{'solver': {SolverConfig field: value}})")
@@ -99,7 +107,7 @@ def build_tracker(model: str = "default", backbone: str | None = None, device: s
     net = build_backbone(backbone, weights=backbone_weights, target_layer=target_layer)
     for n in notes:
         log.warning(n)
-    inference = (meta["meta"].get("inference") or {}) if path is not None else OFFLINE_INFERENCE
+    inference = model_inference(meta if path is not None else None)
     tracker = FRTMTracker(net, segnet, model_config(config, inference), device=device)
     info = ModelInfo(model=model, backbone=backbone, target_layer=net.target_layer,
                      segnet_path=str(path) if path else None,

@@ -156,9 +156,12 @@ def test_models_fill_only_the_settings_left_to_them(tmp_path, mobilenet):
     checkpoint without inference settings (the authors' format) keeps the released rate."""
     from frtm_plugin.core.segnet import save_segnet_checkpoint
     from frtm_plugin.core.target_model import OFFLINE_LEARNING_RATE, RELEASED_LEARNING_RATE, TargetModel
-    from frtm_plugin.models import DEFAULT_CHECKPOINT, OFFLINE_INFERENCE, build_tracker, model_config
+    from frtm_plugin.models import DEFAULT_CHECKPOINT, OFFLINE_INFERENCE, build_tracker, model_config, model_inference
 
     assert OFFLINE_LEARNING_RATE != RELEASED_LEARNING_RATE
+    assert model_inference(None) == OFFLINE_INFERENCE  # D-only
+    assert model_inference({"meta": {}}) == {} and model_inference({"meta": {"inference": OFFLINE_INFERENCE}}) == \
+        OFFLINE_INFERENCE
     assert model_config(TrackerConfig(), OFFLINE_INFERENCE).solver.learning_rate == OFFLINE_LEARNING_RATE
     assert model_config(TrackerConfig(), {}).solver.learning_rate is None
     mine = TrackerConfig(solver=SolverConfig(learning_rate=0.3), max_size=480)

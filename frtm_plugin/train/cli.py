@@ -168,6 +168,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    from ..models import model_inference
     from .validate import format_comparison
     model, info = None, {}
     if args.model:
@@ -180,8 +181,7 @@ def cmd_validate(args) -> int:
         raise SystemExit(f"{args.model} was trained on {info['backbone']}'s features, not {backbone}'s: drop "
                          f"--backbone or pass --backbone {info['backbone']}")
     layers = _split(args.target_layer) or [info.get("target_layer") or "layer4"]
-    # the checkpoint's own inference settings (none in the authors' released ones: the released settings)
-    inference = (info["meta"].get("inference") or {}) if model is not None else None
+    inference = model_inference(info) if model is not None else None  # the checkpoint's own settings
     reports = _validate_reports(args.davis, _split(args.val_sequences), model, backbone, layers, args.max_frames,
                                 inference)
     print(format_comparison(reports))

@@ -21,7 +21,7 @@ from ..core.video_loop import propagate_in_video
 from ..io.davis import load_sequence
 from ..io.labels import read_label_png
 from ..metrics import SequenceResult, aggregate, evaluate_sequence
-from ..models import OFFLINE_INFERENCE, model_config
+from ..models import model_config, model_inference
 
 __all__ = ["track_sequence", "evaluate_model", "format_comparison"]
 
@@ -66,13 +66,12 @@ def evaluate_model(root: str | os.PathLike, sequences: Sequence[str], model=None
         raise ValueError("no validation sequence given")
     # the model's own inference settings where ``config`` leaves them open: ``inference``, else a checkpoint's,
     # else this project's (an S being trained here, or D-only)
+    info = None
     if isinstance(model, (str, Path)) and str(model) != "d-only":
         net, info = load_segnet_checkpoint(model)
         target_layer = target_layer or info["target_layer"]
-        inference = (info["meta"].get("inference") or {}) if inference is None else inference
         model = net
-    inference = OFFLINE_INFERENCE if inference is None else inference
-    config = model_config(config, inference)
+    config = model_config(config, model_inference(info) if inference is None else inference)
     segnet = _segnet(model)
     if isinstance(backbone, str):
         backbone = build_backbone(backbone, target_layer=target_layer)
