@@ -100,8 +100,11 @@ def main(argv=None) -> None:
     p.add_argument("--backbone", default="mobilenet_v2",
                    help="D's backbone for --model d-only: mobilenet_v2, efficientnet_lite0/1/2 or dinov2 "
                         "(tap vit1..vit12)")
-    p.add_argument("--pair-d", default=None, metavar="dinov2:vitN",
-                   help="with an S model: D on this backbone's tap, S on the checkpoint's backbone (PairedBackbone)")
+    p.add_argument("--feature-scale", type=float, default=1.0, help="dinov2: multiply D's features by this")
+    p.add_argument("--pair-d", default=None, metavar="dinov2:vitN[+]",
+                   help="D on DINOv2's tap, S on the checkpoint's backbone (PairedBackbone); with a trailing '+', D "
+                        "reads DINOv2's tap and the checkpoint's D tap stacked. With --model d-only: MobileNetV2's "
+                        "layer4_expand is the other backbone")
     p.add_argument("--target-layer", default="layer4_expand",
                    help="D's tap for --model d-only (a checkpoint's own meta decides otherwise)")
     p.add_argument("--threads", type=int, default=2)
@@ -127,7 +130,7 @@ def main(argv=None) -> None:
     elif args.model == "d-only" and args.backbone == "dinov2":
         from frtm_plugin.core.dinov2 import build_dinov2
 
-        backbone = build_dinov2(args.target_layer)
+        backbone = build_dinov2(args.target_layer, feature_scale=args.feature_scale)
     elif args.model == "d-only":
         backbone = args.backbone
     target_layer = args.target_layer if args.model == "d-only" else None
@@ -139,11 +142,17 @@ def main(argv=None) -> None:
         from frtm_plugin.models import model_inference
 
         kind, tap = args.pair_d.split(":")
-        if kind != "dinov2" or args.model == "d-only":
-            raise SystemExit("--pair-d takes dinov2:vitN, with an S model")
-        net, info = load_segnet_checkpoint(model)
-        backbone = PairedBackbone(build_dinov2(tap), build_backbone(info["backbone"], target_layer=info["target_layer"]))
-        model, inference = net, model_inference(info)
+        concat = tap.endswith("+")
+        if kind != "dinov2":
+            raise SystemExit("--pair-d takes dinov2:vitN or dinov2:vitN+")
+        if args.model == "d-only":
+            info = {"backbone": "mobilenet_v2", "target_layer": "layer4_expand"}
+        else:
+            net, info = load_segnet_checkpoint(model)
+            model, inference = net, model_inference(info)
+        backbone = PairedBackbone(build_dinov2(tap.rstrip("+"), feature_scale=args.feature_scale),
+                                  build_backbone(info["backbone"], target_layer=info["target_layer"]), concat=concat)
+        target_layer = None
     rows = []
     for name, overrides in parse_variants(args.variants):
         config = make_config(overrides)

