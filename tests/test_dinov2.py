@@ -144,3 +144,29 @@ def test_registered_pairing_is_built_by_name():
     assert build_backbone("mobilenet_v2+dinov2", target_layer="vit12").target_layer == "vit12"
     with pytest.raises(ValueError, match="offers D the taps"):
         build_backbone("mobilenet_v2+dinov2", target_layer="layer4_expand")
+
+
+def test_a_checkpoint_trained_on_the_pairing_builds_its_tracker(tmp_path):
+    """A checkpoint whose meta names ``mobilenet_v2+dinov2`` (what the trainer writes for it) runs through
+    ``build_tracker``: D on the stacked tap, S on MobileNetV2's maps, masks at the frame's size."""
+    from frtm_plugin.core.backbone import BACKBONE_CHANNELS, SEG_LAYERS
+    from frtm_plugin.core.segnet import SegNetwork, save_segnet_checkpoint
+    from frtm_plugin.models import build_tracker
+
+    ch = BACKBONE_CHANNELS["mobilenet_v2+dinov2"]
+    torch.manual_seed(0)
+    path = save_segnet_checkpoint(tmp_path / "s.pth", SegNetwork({L: ch[L] for L in SEG_LAYERS}),
+                                  {"backbone": "mobilenet_v2+dinov2", "target_layer": "vit12+layer4_expand"})
+    try:
+        tracker, info = build_tracker(str(path))
+    except WeightsNotFoundError as e:
+        pytest.skip(f"optional weights not installed: {e}")
+    assert info.backbone == "mobilenet_v2+dinov2" and info.target_layer == "vit12+layer4_expand"
+    frame = _frame()[0, :, :128, :192].permute(1, 2, 0).contiguous().numpy()
+    mask = np.zeros((128, 192), np.uint8)
+    mask[40:90, 60:130] = 1
+    first = tracker.step(frame, {1: mask})
+    assert torch.equal(first.labels, torch.from_numpy(mask).long())   # a keyframe's output is its annotation
+    nxt = tracker.step(frame)
+    assert nxt.labels.shape == (128, 192) and nxt.coarse_scores[1].shape == (8, 12)   # D on the stride-16 grid
+    assert nxt.probabilities[1].shape == (128, 192)
