@@ -23,15 +23,16 @@ antialiased) to 14 times that grid before the patch embedding; a cell's centre t
 maps for S (``seg_layers`` is empty): D-only, or paired with a convolutional backbone for S
 (:class:`PairedBackbone`).
 
-``feature_scale`` multiplies the taps. D's solver is not scale-free (its regulariser is an absolute L2 weight, and
-its few Gauss-Newton steps start from a fixed random init): DINOv2's tokens are ~25x the norm of MobileNetV2's
-``layer4_expand`` cells, and D-only scores 4.7 points higher on them scaled by 0.04 (docs/backbone_survey.md).
+``feature_scale`` multiplies the taps. What D learns depends on its features' scale (its first layer starts from a
+fixed random init and gets a few Gauss-Newton steps; its regulariser's weight, swept on MobileNetV2, does not
+matter): DINOv2's tokens have ~25x the norm of MobileNetV2's ``layer4_expand`` cells, and D-only scores 4.7 points
+higher on them scaled by 0.04 (docs/backbone_survey.md). ``token_stride`` 32 runs the ViT on a quarter of the
+tokens and resamples them to D's grid (3.8x faster, and most of the gain lost).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import math
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -44,8 +45,7 @@ from .backbone import IMAGENET_MEAN, IMAGENET_STD, FrozenBackbone
 from .weights import WeightsNotFoundError
 
 __all__ = ["DinoV2Backbone", "PairedBackbone", "build_dinov2", "build_paired", "onnx_file", "load_onnx_state_dict",
-           "FEATURE_SCALE",
-           "DINOV2_NAME", "PATCH", "GRID_STRIDE"]
+           "FEATURE_SCALE", "DINOV2_NAME", "PATCH", "GRID_STRIDE"]
 
 DINOV2_NAME = "dinov2_vits14"
 PATCH = 14
