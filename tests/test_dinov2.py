@@ -183,3 +183,17 @@ def test_a_coarser_token_grid_is_resampled_to_the_stride_16_grid(backbone):
     assert torch.allclose(f, F.interpolate(direct, size=(6, 10), mode="bilinear", align_corners=False))
     with pytest.raises(ValueError, match="multiple of 16"):
         dinov2.DinoV2Backbone(backbone.body, token_stride=24)
+
+
+def test_stacked_d_scores_above_its_floor_on_a_real_clip():
+    """Regression guard for the stacked D (D-only, the demo's first 15 frames at 854x480): measured 84.5 J&F
+    against 81.6 for MobileNetV2's layer4_expand alone (2026-12-02); floor 83."""
+    from frtm_plugin.train.validate import evaluate_model
+
+    try:
+        paired = build_backbone("mobilenet_v2+dinov2")
+    except WeightsNotFoundError as e:
+        pytest.skip(f"optional weights not installed: {e}")
+    report = evaluate_model(ROOT / "data" / "demo", ["rollerblade"], "d-only", backbone=paired, max_frames=15)
+    assert report["target_layer"] == "vit12+layer4_expand"
+    assert report["overall"]["J&F"] >= 0.83
