@@ -139,8 +139,9 @@ def test_registered_pairing_is_built_by_name():
 
     assert paired.name == "mobilenet_v2+dinov2" and paired.target_layer == "vit12+layer4_expand"
     assert paired.target.feature_scale == dinov2.FEATURE_SCALE
-    assert {k: paired.channels[k] for k in paired.channels} == {
-        k: BACKBONE_CHANNELS["mobilenet_v2+dinov2"][k] for k in paired.channels}
+    assert paired.channels == {k: BACKBONE_CHANNELS["mobilenet_v2+dinov2"][k]
+                               for k in ("layer5", "layer4", "layer3", "layer2", "vit12+layer4_expand")}
+    assert BACKBONE_CHANNELS["mobilenet_v2+dinov2"]["vit12+layer4_expand"] == 960
     assert build_backbone("mobilenet_v2+dinov2", target_layer="vit12").target_layer == "vit12"
     with pytest.raises(ValueError, match="offers D the taps"):
         build_backbone("mobilenet_v2+dinov2", target_layer="layer4_expand")

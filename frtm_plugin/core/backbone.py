@@ -53,9 +53,6 @@ BACKBONE_CHANNELS: Dict[str, Dict[str, int]] = {
     "efficientnet_lite0": {"layer2": 24, "layer3": 40, "layer4": 112, "layer4_expand": 672, "layer5": 1280},
     "efficientnet_lite1": {"layer2": 24, "layer3": 40, "layer4": 112, "layer4_expand": 672, "layer5": 1280},
     "efficientnet_lite2": {"layer2": 24, "layer3": 48, "layer4": 120, "layer4_expand": 720, "layer5": 1280},
-    # S on MobileNetV2, D on DINOv2 ViT-S/14 tokens (alone, or stacked with MobileNetV2's layer4_expand): dinov2.py
-    "mobilenet_v2+dinov2": {"layer2": 24, "layer3": 32, "layer4": 96, "layer5": 1280, "vit12": 384,
-                            "vit12+layer4_expand": 960},
 }
 
 BACKBONE_STRIDES: Dict[str, Dict[str, int]] = {
@@ -64,9 +61,14 @@ BACKBONE_STRIDES: Dict[str, Dict[str, int]] = {
     "mobilenet_v2": {"layer2": 4, "layer3": 8, "layer4": 16, "layer4_expand": 16, "layer5": 32},
     **{f"efficientnet_lite{v}": {"layer2": 4, "layer3": 8, "layer4": 16, "layer4_expand": 16, "layer5": 32}
        for v in range(3)},
-    "mobilenet_v2+dinov2": {"layer2": 4, "layer3": 8, "layer4": 16, "layer5": 32, "vit12": 16,
-                            "vit12+layer4_expand": 16},
 }
+# S on MobileNetV2's maps, D on DINOv2 ViT-S/14 tokens (384 channels on the stride-16 grid), alone or stacked with
+# MobileNetV2's layer4_expand (dinov2.py)
+_MNV2 = "mobilenet_v2"
+BACKBONE_CHANNELS["mobilenet_v2+dinov2"] = {**{k: BACKBONE_CHANNELS[_MNV2][k] for k in SEG_LAYERS}, "vit12": 384,
+                                            "vit12+layer4_expand": 384 + BACKBONE_CHANNELS[_MNV2]["layer4_expand"]}
+BACKBONE_STRIDES["mobilenet_v2+dinov2"] = {**{k: BACKBONE_STRIDES[_MNV2][k] for k in SEG_LAYERS}, "vit12": 16,
+                                           "vit12+layer4_expand": 16}
 
 # Execution order of the taps (each tap needs everything before it).
 _RESNET_ORDER = ("layer1", "layer2", "layer3", "layer4", "layer5")

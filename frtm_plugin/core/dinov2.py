@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbone import IMAGENET_MEAN, IMAGENET_STD, FrozenBackbone
+from .backbone import IMAGENET_MEAN, IMAGENET_STD, FrozenBackbone, build_backbone
 from .weights import WeightsNotFoundError
 
 __all__ = ["DinoV2Backbone", "PairedBackbone", "build_dinov2", "build_paired", "onnx_file", "load_onnx_state_dict",
@@ -205,8 +205,8 @@ class DinoV2Backbone(FrozenBackbone):
         self._freeze()
 
     @staticmethod
-    def grid(h: int, w: int) -> Tuple[int, int]:
-        return -(-h // GRID_STRIDE), -(-w // GRID_STRIDE)
+    def grid(h: int, w: int, stride: int = GRID_STRIDE) -> Tuple[int, int]:
+        return -(-h // stride), -(-w // stride)
 
     def forward(self, images: torch.Tensor, layers: Optional[Union[str, Sequence[str]]] = None
                 ) -> Dict[str, torch.Tensor]:
@@ -217,7 +217,7 @@ class DinoV2Backbone(FrozenBackbone):
         h, w = x.shape[-2:]
         gh, gw = self.grid(h, w)
         # a coarser token grid (token_stride 32: a quarter of the tokens) is resampled to the stride-16 grid
-        th, tw = -(-h // self.token_stride), -(-w // self.token_stride)
+        th, tw = self.grid(h, w, self.token_stride)
         x = F.interpolate(x, size=(th * PATCH, tw * PATCH), mode="bilinear", align_corners=False, antialias=True)
         out = self.body(x, [int(k[3:]) for k in want])
         if (th, tw) != (gh, gw):
@@ -271,8 +271,6 @@ def build_paired(target_layer: str = "vit12+layer4_expand") -> PairedBackbone:
     """The registered backbone ``mobilenet_v2+dinov2`` (``core.backbone.build_backbone``): S on MobileNetV2's
     maps; D on DINOv2's ``vit12`` tokens scaled by :data:`FEATURE_SCALE` (``target_layer="vit12"``), or on those
     stacked before MobileNetV2's ``layer4_expand`` (``"vit12+layer4_expand"``, the default)."""
-    from .backbone import build_backbone
-
     if target_layer not in ("vit12", "vit12+layer4_expand"):
         raise ValueError(f"mobilenet_v2+dinov2 offers D the taps 'vit12+layer4_expand' and 'vit12', not "
                          f"{target_layer!r}")
