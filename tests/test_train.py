@@ -379,3 +379,28 @@ def test_validate_cli_takes_the_backbone_from_the_checkpoint(capsys):
     assert "D+S (layer4_expand)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="trained on mobilenet_v2's features, not efficientnet_lite1's"):
         main(base + ["--backbone", "efficientnet_lite1"])
+
+
+def test_s_can_read_ds_tap(tmp_path, sequences, davis_root):
+    """``seg_layers`` may name D's tap (e.g. DINOv2 tokens for S): the trainer feeds it from the cache, the checkpoint
+    keeps the level order, and the tracker computes the maps S reads, not the backbone's default list."""
+    from frtm_plugin.models import build_tracker
+
+    levels = ("layer5", "layer4_expand", "layer4", "layer3", "layer2")
+    cfg = tiny_config(target_layer="layer4_expand", seg_layers=levels, epochs=1)
+    trainer = Trainer(sequences, cfg, tmp_path / "run", tmp_path / "cache", progress=False)
+    trainer.run()
+    assert trainer.segnet.seg_layers == levels and trainer.segnet.TSE["layer4_expand"].reduce[0].in_channels == 576
+    path = trainer.export(tmp_path / "s.pth")
+    segnet, info = load_segnet_checkpoint(path)
+    assert segnet.seg_layers == levels and info["target_layer"] == "layer4_expand"
+    tracker, _ = build_tracker(str(path))
+    assert set(levels) <= set(tracker._layers)
+    seq = davis_sequences(davis_root, ["rollerblade"])[0]
+    frames = [f[:240, :320].copy() for f in seq.iter_frames([0, 1])]
+    tracker.step(frames[0], {1: seq.read_label(0)[:240, :320] == 1})
+    out = tracker.step(frames[1])
+    # S's output, recomputed from the maps it names: the tracker fed S the D tap it was trained on
+    feats = tracker.backbone(torch.from_numpy(frames[1]).permute(2, 0, 1)[None].float(), layers=list(levels))
+    logits = tracker.segnet(out.coarse_scores[1][None, None].float(), feats, (240, 320), reordered=tracker.config.fast)
+    assert torch.allclose(torch.sigmoid(logits)[0, 0], out.probabilities[1].float(), atol=1e-3)

@@ -117,8 +117,8 @@ class FRTMTracker:
         self.objects: dict[int, _Object] = {}
         self.frame_index = -1
         layers = {backbone.target_layer}
-        if segnet is not None:
-            layers |= set(backbone.seg_layers)
+        if segnet is not None:  # the maps S reads (its levels may include D's tap)
+            layers |= set(segnet.seg_layers)
         self._layers = tuple(sorted(layers))
 
     @property

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.backbone import BACKBONE_NAMES
+from ..core.backbone import BACKBONE_NAMES, SEG_LAYERS
 
 log = logging.getLogger("frtm_plugin.train")
 
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cache", type=Path, default=None, help="cache folder (default $FRTM_CACHE or ~/.cache/frtm)")
     t.add_argument("--backbone", default="mobilenet_v2", choices=BACKBONE_NAMES)
     t.add_argument("--target-layer", default="layer4", help="D's feature tap (mobilenet_v2: layer4 or layer4_expand)")
+    t.add_argument("--seg-layers", default=None,
+                   help="comma-separated maps S reads, deep to shallow (default: the backbone's; D's tap may be one, "
+                        "e.g. layer5,vit12+layer4_expand,layer4,layer3,layer2)")
     t.add_argument("--size", type=int, nargs="+", default=[480, 854], metavar="N", help="training H W")
     t.add_argument("--crop", type=int, nargs="+", default=[288, 480], metavar="N",
                    help="test-frame crop H W (multiples of 32), or 0 for whole frames")
@@ -133,7 +136,8 @@ def cmd_train(args) -> int:
             seqs = [s for s in seqs if s.name in wanted]
         source = source_key("fiftyone", f"{args.fiftyone}:{args.label_field}")
     lr_step = args.lr_step or max(1, round(args.epochs * 2 / 3))
-    cfg = TrainConfig(backbone=args.backbone, target_layer=args.target_layer, size=_hw(args.size),
+    seg_layers = tuple(_split(args.seg_layers)) or SEG_LAYERS
+    cfg = TrainConfig(backbone=args.backbone, target_layer=args.target_layer, seg_layers=seg_layers, size=_hw(args.size),
                       crop=_hw(args.crop), object_crop_prob=args.object_crop_prob, frame_step=args.frame_step, ref_frames=args.ref_frames,
                       num_aug=args.num_aug, samples_per_epoch=args.samples_per_epoch, batch_size=args.batch_size,
                       epochs=args.epochs, lr=args.lr, lr_step_epochs=lr_step, seed=args.seed, source=source,
