@@ -381,19 +381,19 @@ def test_validate_cli_takes_the_backbone_from_the_checkpoint(capsys):
         main(base + ["--backbone", "efficientnet_lite1"])
 
 
-def test_s_can_read_ds_tap(tmp_path, sequences, davis_root):
+def test_s_can_read_ds_tap_at_another_width(tmp_path, sequences, davis_root):
     """``seg_layers`` may name D's tap (e.g. DINOv2 tokens for S): the trainer feeds it from the cache, the checkpoint
-    keeps the level order, and the tracker computes the maps S reads, not the backbone's default list."""
+    keeps the level order (and S's width), and the tracker computes the maps S reads."""
     from frtm_plugin.models import build_tracker
 
     levels = ("layer5", "layer4_expand", "layer4", "layer3", "layer2")
-    cfg = tiny_config(target_layer="layer4_expand", seg_layers=levels, epochs=1)
+    cfg = tiny_config(target_layer="layer4_expand", seg_layers=levels, seg_width=32, epochs=1)
     trainer = Trainer(sequences, cfg, tmp_path / "run", tmp_path / "cache", progress=False)
     trainer.run()
     assert trainer.segnet.seg_layers == levels and trainer.segnet.TSE["layer4_expand"].reduce[0].in_channels == 576
     path = trainer.export(tmp_path / "s.pth")
     segnet, info = load_segnet_checkpoint(path)
-    assert segnet.seg_layers == levels and info["target_layer"] == "layer4_expand"
+    assert segnet.seg_layers == levels and info["target_layer"] == "layer4_expand" and segnet.out_channels == 32
     tracker, _ = build_tracker(str(path))
     assert set(levels) <= set(tracker._layers)
     seq = davis_sequences(davis_root, ["rollerblade"])[0]

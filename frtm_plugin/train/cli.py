@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seg-layers", default=None,
                    help="comma-separated maps S reads, deep to shallow (default: the backbone's; D's tap may be one, "
                         "e.g. layer5,vit12+layer4_expand,layer4,layer3,layer2)")
+    t.add_argument("--seg-width", type=int, default=64, help="S's channels at every level (released: 64)")
     t.add_argument("--size", type=int, nargs="+", default=[480, 854], metavar="N", help="training H W")
     t.add_argument("--crop", type=int, nargs="+", default=[288, 480], metavar="N",
                    help="test-frame crop H W (multiples of 32), or 0 for whole frames")
@@ -137,7 +138,8 @@ def cmd_train(args) -> int:
         source = source_key("fiftyone", f"{args.fiftyone}:{args.label_field}")
     lr_step = args.lr_step or max(1, round(args.epochs * 2 / 3))
     seg_layers = tuple(_split(args.seg_layers)) or SEG_LAYERS
-    cfg = TrainConfig(backbone=args.backbone, target_layer=args.target_layer, seg_layers=seg_layers, size=_hw(args.size),
+    cfg = TrainConfig(backbone=args.backbone, target_layer=args.target_layer, seg_layers=seg_layers,
+                      seg_width=args.seg_width, size=_hw(args.size),
                       crop=_hw(args.crop), object_crop_prob=args.object_crop_prob, frame_step=args.frame_step, ref_frames=args.ref_frames,
                       num_aug=args.num_aug, samples_per_epoch=args.samples_per_epoch, batch_size=args.batch_size,
                       epochs=args.epochs, lr=args.lr, lr_step_epochs=lr_step, seed=args.seed, source=source,

@@ -54,7 +54,8 @@ IGNORE = -1.0  # label value of pixels left out of the loss
 # Settings that change what is learned: a resumed run must match the checkpoint on these.
 _RESUME_KEYS = ("backbone", "target_layer", "seg_layers", "size", "crop", "frame_step", "ref_frames", "num_aug",
                 "min_ref_pixels", "samples_per_epoch", "batch_size", "test_frames", "lr", "weight_decay",
-                "lr_gamma", "seed", "source", "distractor_prob", "distractor_size", "init_from", "ema_decay")
+                "lr_gamma", "seed", "source", "distractor_prob", "distractor_size", "init_from", "ema_decay",
+                "seg_width")
 # The schedule may be edited on resume (--epochs, --lr-step, --object-crop-prob): shortening, extending or
 # fine-tuning a run that is under way. The learning rate is then recomputed for the new step:
 # lr * gamma ** (epochs_done // lr_step_epochs).
@@ -72,6 +73,7 @@ class TrainConfig:
     backbone: str = "mobilenet_v2"
     target_layer: str = "layer4"
     seg_layers: tuple[str, ...] = SEG_LAYERS
+    seg_width: int = 64  # S's channels at every level (released: 64)
     size: tuple[int, int] = (480, 854)  # frames and labels are resized to this (H, W), as the released loader does
     crop: tuple[int, int] | None = (288, 480)  # test-frame crop (multiples of 32) or None for whole frames
     object_crop_prob: float = 0.75  # share of crops centred near the object (the rest: uniform over the frame)
@@ -119,7 +121,7 @@ class TrainConfig:
                 raise ValueError(f"crop {self.crop} must be positive multiples of 32 (the deepest stride)")
             if ch_ > self.size[0] or cw > self.size[1]:
                 raise ValueError(f"crop {self.crop} is larger than the training size {self.size}")
-        for name in ("frame_step", "ref_frames", "samples_per_epoch", "batch_size", "test_frames", "epochs",
+        for name in ("seg_width", "frame_step", "ref_frames", "samples_per_epoch", "batch_size", "test_frames", "epochs",
                      "num_aug", "lr_step_epochs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -183,7 +185,7 @@ class Trainer:
 
         torch.manual_seed(config.seed)
         ch = BACKBONE_CHANNELS[config.backbone]
-        self.segnet = SegNetwork({L: ch[L] for L in config.seg_layers})
+        self.segnet = SegNetwork({L: ch[L] for L in config.seg_layers}, out_channels=config.seg_width)
         if config.init_from:
             self._load_initial_weights(config.init_from)
         self.optimizer = torch.optim.Adam(self.segnet.parameters(), lr=config.lr, betas=(0.9, 0.999),
@@ -270,7 +272,8 @@ class Trainer:
         if path is None:
             return False
         ck = load(path)
-        saved, now = {"ema_decay": 0.0, **ck["config"]}, self.config.to_dict()  # runs from before averaging had none
+        # runs from before averaging / the width option have none
+        saved, now = {"ema_decay": 0.0, "seg_width": 64, **ck["config"]}, self.config.to_dict()
         diff = {k: (saved.get(k), now[k]) for k in _RESUME_KEYS if saved.get(k) != now[k]}
         if diff:
             raise ValueError(f"{path} was written with different settings {diff} (checkpoint, now); use another "
