@@ -404,3 +404,52 @@ def test_s_can_read_ds_tap_at_another_width(tmp_path, sequences, davis_root):
     feats = tracker.backbone(torch.from_numpy(frames[1]).permute(2, 0, 1)[None].float(), layers=list(levels))
     logits = tracker.segnet(out.coarse_scores[1][None, None].float(), feats, (240, 320), reordered=tracker.config.fast)
     assert torch.allclose(torch.sigmoid(logits)[0, 0], out.probabilities[1].float(), atol=1e-3)
+
+
+def test_warp_moves_frame_and_labels_alike():
+    """Synthetic motion: a half turn about the centre flips frame and labels alike; a shift moves them by as many
+    pixels; the identity changes nothing."""
+    from frtm_plugin.train.warp import IDENTITY, Warp, apply_warp, random_warp
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    label = np.zeros((64, 96), np.uint8)
+    label[10:30, 20:50] = 1
+    label[40:60, 70:90] = 2
+    img, lab = apply_warp(image, label, Warp(angle=180.0), (31.5, 47.5))
+    assert np.array_equal(lab, label[::-1, ::-1]) and np.abs(img.astype(int) - image[::-1, ::-1]).max() <= 1
+    img, lab = apply_warp(image, label, Warp(shift=(0.0, 16 / 96)), (31.5, 47.5))
+    assert np.array_equal(lab[:, 16:], label[:, :-16]) and np.abs(img[:, 16:].astype(int) - image[:, :-16]).max() <= 1
+    assert apply_warp(image, label, IDENTITY, (0, 0))[1] is label
+    w = random_warp(rng)
+    img, lab = apply_warp(image, label, w, (20, 35))
+    assert not np.array_equal(lab, label) and set(np.unique(lab)) <= {0, 1, 2}
+    assert len(w.bend) == 32 and abs(w.angle) <= 15 and abs(w.scale - 1) <= 0.15
+
+
+def test_warped_test_frames(tmp_path, uninterrupted, backbone, sequences):
+    """Warped test frames: the identity warp computes exactly the cached record (the same maps, now); a run with
+    warps draws them for about ``warp_prob`` of the test frames, trains, and resumes to the same weights."""
+    from frtm_plugin.train.warp import IDENTITY
+
+    ref, _, cache = uninterrupted
+    trainer = Trainer(sequences, tiny_config(warp_prob=0.5), tmp_path / "w", cache, backbone=backbone, progress=False)
+    trainer.prepare()
+    it = trainer.items[0]
+    frame = next(f for f in it.frames if it.counts[f] > 0)
+    live, cached = trainer.warped_record(it.seq, frame, it.obj, IDENTITY), trainer.fcache.read(it.seq, frame)
+    assert set(live) == set(cached)
+    for k in cached:
+        assert torch.allclose(live[k].float(), cached[k].float(), atol=1e-2), k
+    warps = [w for sample in trainer.epoch_plan(1) for w in sample[5]]
+    assert 0.2 < sum(w is not None for w in warps) / len(warps) < 0.8
+    assert all(w is None for s in ref.epoch_plan(1) for w in s[5])
+    history = trainer.run(stop_after=2)
+    assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
+    resumed = Trainer(sequences, tiny_config(warp_prob=0.5), tmp_path / "w", cache, backbone=backbone, progress=False)
+    resumed.run()
+    straight = Trainer(sequences, tiny_config(warp_prob=0.5), tmp_path / "w2", cache, backbone=backbone,
+                       progress=False)
+    straight.run()
+    for k, v in straight.segnet.state_dict().items():
+        assert torch.allclose(resumed.segnet.state_dict()[k].float(), v.float(), atol=1e-5), k

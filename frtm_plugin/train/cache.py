@@ -111,9 +111,7 @@ class FeatureCache:
         objects = {o: [int((labels[i] == o).sum()) for i in keep] for o in ids}
         for i, image in zip(keep, seq.iter_frames(keep)):
             image = resize_frame(image, self.size)
-            with torch.no_grad():
-                feats = self.backbone(torch.from_numpy(image).permute(2, 0, 1)[None], layers=self.layers)
-            item = {k: v[0].to(torch.float16).contiguous() for k, v in feats.items()}
+            item = self.features(image)
             item["label"] = torch.from_numpy(np.ascontiguousarray(labels[i]))
             atomic_save(item, self.frame_path(seq.name, i))
             if on_frame is not None:
@@ -124,6 +122,12 @@ class FeatureCache:
 
     def read(self, name: str, index: int) -> dict:
         return load(self.frame_path(name, index))
+
+    def features(self, image: np.ndarray) -> dict:
+        """The cached maps of one frame at the training size (H, W, 3) uint8, as stored (float16)."""
+        with torch.no_grad():
+            feats = self.backbone(torch.from_numpy(image).permute(2, 0, 1)[None], layers=self.layers)
+        return {k: v[0].to(torch.float16).contiguous() for k, v in feats.items()}
 
 
 class TargetModelCache:

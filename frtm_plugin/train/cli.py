@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ema-decay", type=float, default=0.0,
                    help="export and validate an exponential moving average of S's weights with this decay per step "
                         "(e.g. 0.995; 0 = off, the released recipe)")
+    t.add_argument("--warp-prob", type=float, default=0.0,
+                   help="share of test frames warped (random affine + smooth bend about the object; features "
+                        "computed on the fly): synthetic motion")
     t.add_argument("--distractor-size", type=float, default=0.5, help="pasted window, fraction of the test frame")
     t.add_argument("--init-from", type=Path, default=None,
                    help="start S from this S checkpoint (ours or the authors' released format): fine-tuning")
@@ -144,6 +147,7 @@ def cmd_train(args) -> int:
                       num_aug=args.num_aug, samples_per_epoch=args.samples_per_epoch, batch_size=args.batch_size,
                       epochs=args.epochs, lr=args.lr, lr_step_epochs=lr_step, seed=args.seed, source=source,
                       distractor_prob=args.distractor_prob, distractor_size=args.distractor_size,
+                      warp_prob=args.warp_prob,
                       init_from=str(args.init_from.resolve()) if args.init_from else "", ema_decay=args.ema_decay)
     validate_fn = None
     if args.val_every and val and args.davis is not None:

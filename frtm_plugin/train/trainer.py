@@ -42,8 +42,10 @@ import torch.nn.functional as F
 from ..core.backbone import BACKBONE_CHANNELS, SEG_LAYERS, Backbone, build_backbone
 from ..core.segnet import CHECKPOINT_PREFIX, SegNetwork, save_segnet_checkpoint
 from ..models import OFFLINE_INFERENCE
-from .cache import TRAIN_SOLVER, FeatureCache, TargetModelCache, atomic_save, d_scores, load, resize_label
+from .cache import (TRAIN_SOLVER, FeatureCache, TargetModelCache, atomic_save, d_scores, load, resize_frame,
+                    resize_label)
 from .data import TrainSequence
+from .warp import Warp, apply_warp, random_warp
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ IGNORE = -1.0  # label value of pixels left out of the loss
 _RESUME_KEYS = ("backbone", "target_layer", "seg_layers", "size", "crop", "frame_step", "ref_frames", "num_aug",
                 "min_ref_pixels", "samples_per_epoch", "batch_size", "test_frames", "lr", "weight_decay",
                 "lr_gamma", "seed", "source", "distractor_prob", "distractor_size", "init_from", "ema_decay",
-                "seg_width")
+                "seg_width", "warp_prob")
 # The schedule may be edited on resume (--epochs, --lr-step, --object-crop-prob): shortening, extending or
 # fine-tuning a run that is under way. The learning rate is then recomputed for the new step:
 # lr * gamma ** (epochs_done // lr_step_epochs).
@@ -91,6 +93,9 @@ class TrainConfig:
     lr_gamma: float = 0.1
     distractor_prob: float = 0.0  # share of test frames with another video's object pasted in (label 0)
     distractor_size: float = 0.5  # pasted window: this fraction of the test frame's height and width
+    # share of test frames warped (train/warp.py: random affine + smooth bend about the object), their features
+    # computed on the fly instead of read from the cache
+    warp_prob: float = 0.0
     # exponential moving average of S's weights (and BatchNorm statistics) over the optimizer steps, exported and
     # validated instead of the last weights; 0 = off (the released recipe)
     ema_decay: float = 0.0
@@ -125,7 +130,7 @@ class TrainConfig:
                      "num_aug", "lr_step_epochs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("object_crop_prob", "distractor_prob"):
+        for name in ("object_crop_prob", "distractor_prob", "warp_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -170,6 +175,7 @@ class Trainer:
         if not sequences:
             raise ValueError("no training sequence")
         self.sequences = list(sequences)
+        self._sequence = {s.name: s for s in self.sequences}
         self.config = config
         self.out_dir = Path(out_dir)
         self.cache_dir = Path(cache_dir)
@@ -273,7 +279,7 @@ class Trainer:
             return False
         ck = load(path)
         # runs from before averaging / the width option have none
-        saved, now = {"ema_decay": 0.0, "seg_width": 64, **ck["config"]}, self.config.to_dict()
+        saved, now = {"ema_decay": 0.0, "seg_width": 64, "warp_prob": 0.0, **ck["config"]}, self.config.to_dict()
         diff = {k: (saved.get(k), now[k]) for k in _RESUME_KEYS if saved.get(k) != now[k]}
         if diff:
             raise ValueError(f"{path} was written with different settings {diff} (checkpoint, now); use another "
@@ -351,7 +357,6 @@ class Trainer:
 
             built = fcache.build(seq, labels, on_frame=fit_refs)
             if not built and todo:  # features cached (e.g. by another run) but some D missing
-                from .cache import resize_frame
                 for i, image in zip(sorted(todo), seq.iter_frames(sorted(todo))):
                     fit_refs(i, resize_frame(image, c.size))
             if bar is not None:
@@ -367,7 +372,7 @@ class Trainer:
     # -- sampling -----------------------------------------------------------------------------------------------
     def epoch_plan(self, epoch: int) -> list[tuple]:
         """The samples of ``epoch`` (1-based): (item index, reference frame, test frames, crop origins,
-        distractors); a function of (seed, epoch) only."""
+        distractors, warps); a function of (seed, epoch) only."""
         c = self.config
         rng = np.random.default_rng([c.seed, epoch])
         plan = []
@@ -380,7 +385,8 @@ class Trainer:
             crops = [self._crop_origin(it, int(t), rng) for t in tests]
             # drawn only when enabled, so runs without distractors keep their sampling stream
             distractors = [self._distractor(it, rng) if c.distractor_prob > 0 else None for _ in tests]
-            plan.append((k, ref, [int(t) for t in tests], crops, distractors))
+            warps = [random_warp(rng) if c.warp_prob > 0 and rng.random() < c.warp_prob else None for _ in tests]
+            plan.append((k, ref, [int(t) for t in tests], crops, distractors, warps))
         return plan
 
     def _distractor(self, it: _Item, rng) -> tuple | None:
@@ -435,8 +441,9 @@ class Trainer:
             it = self.items[k]
             state = self._d_state(it.seq, ref, it.obj)
             distractors = rest[0] if rest else [None] * len(tests)
-            for t, crop, dis in zip(tests, crops, distractors):
-                rec = self.fcache.read(it.seq, t)
+            warps = rest[1] if len(rest) > 1 else [None] * len(tests)
+            for t, crop, dis, warp in zip(tests, crops, distractors, warps):
+                rec = self.fcache.read(it.seq, t) if warp is None else self.warped_record(it.seq, t, it.obj, warp)
                 f, s, y = self._window(rec, state, it.obj, crop)
                 if dis is not None:
                     self._paste_distractor(f, s, y, state, dis)
@@ -445,6 +452,22 @@ class Trainer:
                 scores.append(s[0])
                 labels.append(y[None])
         return ({L: torch.stack(v) for L, v in feats.items()}, torch.stack(scores), torch.stack(labels))
+
+    def warped_record(self, seq: str, frame: int, obj: int, warp: Warp) -> dict:
+        """A cache record (maps and label) of ``frame`` warped about ``obj``'s centre, computed now; the cached
+        record itself when the object is not on the frame or the warp takes it out of view."""
+        rec = self.fcache.read(seq, frame)
+        label = rec["label"].numpy()
+        ys, xs = np.nonzero(label == obj)
+        if not len(ys):
+            return rec
+        image = resize_frame(next(iter(self._sequence[seq].iter_frames([frame]))), self.config.size)
+        image, label = apply_warp(image, label, warp, ((ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2))
+        if not (label == obj).any():
+            return rec
+        out = self.fcache.features(image)
+        out["label"] = torch.from_numpy(np.ascontiguousarray(label))
+        return out
 
     def _window(self, rec: dict, state: dict, obj: int, crop) -> tuple[dict, torch.Tensor, torch.Tensor]:
         """Features, D's scores (computed on the whole frame) and the object's mask, cropped to ``crop`` if any."""
