@@ -295,3 +295,25 @@ def test_memory_is_flat_on_a_long_video(long_video, mobilenet):
     tm = tracker.objects[1].target_model
     assert tm.frame_num == 119 and tm.memory.count == 40  # full: slots are being replaced
     assert _held_bytes(tracker) == start
+
+
+def test_d_only_probability_definition(davis_root, mobilenet):
+    """D-only's probability is D's upsampled score mapped by (gain, center): on the first tracked frame a sharper gain
+    changes the probabilities by that map and not the mask; a lower center grows the mask; later frames differ
+    because D's memory learned the sharper labels."""
+    seq = load_sequence(davis_root, "rollerblade")
+    frames = [seq.read_frame(i)[:240, :320] for i in range(11)]  # D is refitted on its memory every 8 frames
+    first = masks_from_label_map(seq.prompts()[0][:240, :320])
+
+    def run(**kw):
+        tracker = FRTMTracker(mobilenet, None, TrackerConfig(max_size=None, **kw))
+        outs = [tracker.step(frames[0], first)] + [tracker.step(f) for f in frames[1:]]
+        return [o.probabilities[1] for o in outs[1:]], [o.labels for o in outs[1:]]
+
+    (p, lab), (ps, labs), (pc, labc) = run(), run(d_only_gain=4.0), run(d_only_center=0.3)
+    inside = (p[0] > 0) & (p[0] < 1)
+    assert inside.sum() > 100
+    assert torch.allclose(ps[0][inside], (0.5 + 4 * (p[0][inside] - 0.5)).clamp(0, 1), atol=1e-5)
+    assert torch.equal(labs[0], lab[0])
+    assert (labc[0] >= lab[0]).all() and labc[0].sum() > lab[0].sum()
+    assert not torch.equal(ps[-1], (0.5 + 4 * (p[-1] - 0.5)).clamp(0, 1))

@@ -62,6 +62,11 @@ class TrackerConfig:
     # "float32", or reduced precision for the backbone and S ("bfloat16": CPUs with AVX-512 BF16 / AMX, and GPUs;
     # "float16": GPUs); D and its solver stay float32. Measured mask agreement: bench/e2e.py
     precision: str = "float32"
+    # D-only: an object's probability is clamp(0.5 + d_only_gain * (score - d_only_center), 0, 1) of D's upsampled
+    # score (D is fitted to 0/1 labels; 1.0 / 0.5: the score itself). The mask is where it passes 0.5, and D's memory
+    # learns the merged probabilities, so a gain above 1 feeds D sharper labels of its own output.
+    d_only_gain: float = 1.0
+    d_only_center: float = 0.5
 
 
 @dataclass
@@ -319,7 +324,11 @@ class FRTMTracker:
     def _probability(self, scores: torch.Tensor, feats: dict, hw) -> torch.Tensor:
         """D's scores (N, Hf, Wf) of N objects on one frame -> their probabilities (N, H, W)."""
         if self.segnet is None:  # D-only: D was fitted to 0/1 labels, so its upsampled score is a probability
-            return ops.upsample(scores, hw).clamp(0.0, 1.0)
+            cfg = self.config
+            up = ops.upsample(scores, hw)
+            if cfg.d_only_gain != 1.0 or cfg.d_only_center != 0.5:
+                up = 0.5 + cfg.d_only_gain * (up - cfg.d_only_center)
+            return up.clamp(0.0, 1.0)
         with self._autocast():
             logits = self.segnet(scores[:, None], feats, hw, reordered=self.config.fast)
         return torch.sigmoid(logits[:, 0].float())
