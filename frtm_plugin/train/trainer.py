@@ -126,8 +126,8 @@ class TrainConfig:
                 raise ValueError(f"crop {self.crop} must be positive multiples of 32 (the deepest stride)")
             if ch_ > self.size[0] or cw > self.size[1]:
                 raise ValueError(f"crop {self.crop} is larger than the training size {self.size}")
-        for name in ("seg_width", "frame_step", "ref_frames", "samples_per_epoch", "batch_size", "test_frames", "epochs",
-                     "num_aug", "lr_step_epochs"):
+        for name in ("seg_width", "frame_step", "ref_frames", "samples_per_epoch", "batch_size", "test_frames",
+                     "epochs", "num_aug", "lr_step_epochs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("object_crop_prob", "distractor_prob", "warp_prob"):
