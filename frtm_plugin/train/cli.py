@@ -142,13 +142,13 @@ def cmd_train(args) -> int:
     lr_step = args.lr_step or max(1, round(args.epochs * 2 / 3))
     seg_layers = tuple(_split(args.seg_layers)) or SEG_LAYERS
     cfg = TrainConfig(backbone=args.backbone, target_layer=args.target_layer, seg_layers=seg_layers,
-                      seg_width=args.seg_width, size=_hw(args.size),
-                      crop=_hw(args.crop), object_crop_prob=args.object_crop_prob, frame_step=args.frame_step, ref_frames=args.ref_frames,
+                      seg_width=args.seg_width, size=_hw(args.size), crop=_hw(args.crop),
+                      object_crop_prob=args.object_crop_prob, frame_step=args.frame_step, ref_frames=args.ref_frames,
                       num_aug=args.num_aug, samples_per_epoch=args.samples_per_epoch, batch_size=args.batch_size,
                       epochs=args.epochs, lr=args.lr, lr_step_epochs=lr_step, seed=args.seed, source=source,
                       distractor_prob=args.distractor_prob, distractor_size=args.distractor_size,
-                      warp_prob=args.warp_prob,
-                      init_from=str(args.init_from.resolve()) if args.init_from else "", ema_decay=args.ema_decay)
+                      warp_prob=args.warp_prob, ema_decay=args.ema_decay,
+                      init_from=str(args.init_from.resolve()) if args.init_from else "")
     validate_fn = None
     if args.val_every and val and args.davis is not None:
         def validate_fn(segnet, epoch):
