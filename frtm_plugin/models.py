@@ -38,27 +38,35 @@ DEFAULT_BACKBONE = "mobilenet_v2"
 #: ``meta["inference"]``, written by the trainer; D-only uses them too). Checkpoints without them, such as the
 #: authors' released ones, keep the released settings.
 OFFLINE_INFERENCE = {"solver": {"learning_rate": OFFLINE_LEARNING_RATE}}
+#: D-only's: the same memory rate, and D's score mapped to a probability with a gain of 2 about 0.5, so that D's
+#: memory learns sharper labels of its own output (all 30 DAVIS-2016 train videos 74.2 -> 75.3 J&F, better on 20;
+#: docs/tracker_settings.md)
+D_ONLY_INFERENCE = {"solver": {"learning_rate": OFFLINE_LEARNING_RATE}, "tracker": {"d_only_gain": 2.0}}
 
 
 def model_inference(checkpoint_info: dict | None) -> dict:
     """A model's own inference settings: a checkpoint's ``meta["inference"]`` (none in the authors' released
-    checkpoints: the released settings), or for D-only (``None``) :data:`OFFLINE_INFERENCE`."""
+    checkpoints: the released settings), or for D-only (``None``) :data:`D_ONLY_INFERENCE`."""
     if checkpoint_info is None:
-        return OFFLINE_INFERENCE
+        return D_ONLY_INFERENCE
     return (checkpoint_info.get("meta") or {}).get("inference") or {}
 
 
 def model_config(config: TrackerConfig, inference: dict) -> TrackerConfig:
     """``config`` with the settings it leaves to the model (``None``) filled from the model's inference settings
-    (:func:`model_inference`): ``{"solver": {field: value}}``."""
-    solver = inference.get("solver") or {}
-    fields = {f.name for f in dataclasses.fields(config.solver)}
-    unknown = sorted(set(inference) - {"solver"}) + sorted(set(solver) - fields)
+    (:func:`model_inference`): ``{"solver": {SolverConfig field: value}, "tracker": {TrackerConfig field: value}}``."""
+    solver, tracker = inference.get("solver") or {}, inference.get("tracker") or {}
+    unknown = (sorted(set(inference) - {"solver", "tracker"})
+               + sorted(set(solver) - {f.name for f in dataclasses.fields(config.solver)})
+               + sorted(set(tracker) - ({f.name for f in dataclasses.fields(config)} - {"solver"})))
     if unknown:
         raise ValueError(f"the model's inference settings have unknown entries {unknown} (expected "
-                         "{'solver': {SolverConfig field: value}})")
-    own = {k: v for k, v in solver.items() if getattr(config.solver, k) is None}
-    return dataclasses.replace(config, solver=dataclasses.replace(config.solver, **own)) if own else config
+                         "{'solver': {SolverConfig field: value}, 'tracker': {TrackerConfig field: value}})")
+    own_solver = {k: v for k, v in solver.items() if getattr(config.solver, k) is None}
+    own = {k: v for k, v in tracker.items() if getattr(config, k) is None}
+    if own_solver:
+        own["solver"] = dataclasses.replace(config.solver, **own_solver)
+    return dataclasses.replace(config, **own) if own else config
 
 
 @dataclass

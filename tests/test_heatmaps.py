@@ -43,7 +43,14 @@ def test_heatmap_of_the_d_only_model_is_its_probability(two_objects):
     out = tracker.step(frames[1])
     heat = coarse_score_map(out.coarse_scores[1].cpu().numpy(), hw, frame_hw)
     assert heat.shape == frame_hw and heat.min() >= 0.0 and heat.max() <= 1.0
-    np.testing.assert_allclose(heat, out.probabilities[1].cpu().numpy(), atol=1e-6)
+    # the heatmap is D's score; D-only's probability is that score through the model's gain about 0.5
+    gain = tracker.config.d_only_gain
+    assert gain is not None and gain > 1
+    # (exactly, but for the pixels next to where the mapped score meets its clamps: the probability is clamped at the
+    # inference size and then resized to the frame's, the heatmap resized first)
+    diff = np.abs(np.clip(0.5 + gain * (heat - 0.5), 0, 1) - out.probabilities[1].cpu().numpy())
+    assert (diff < 1e-5).mean() > 0.97 and diff.max() < 0.1, ((diff >= 1e-5).mean(), diff.max())
+    assert np.array_equal(heat > 0.5, out.probabilities[1].cpu().numpy() > 0.5)
 
 
 def _dataset(name, two_objects, video_dataset, scheme=None):

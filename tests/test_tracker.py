@@ -156,10 +156,17 @@ def test_models_fill_only_the_settings_left_to_them(tmp_path, mobilenet):
     checkpoint without inference settings (the authors' format) keeps the released rate."""
     from frtm_plugin.core.segnet import save_segnet_checkpoint
     from frtm_plugin.core.target_model import OFFLINE_LEARNING_RATE, RELEASED_LEARNING_RATE, TargetModel
-    from frtm_plugin.models import DEFAULT_CHECKPOINT, OFFLINE_INFERENCE, build_tracker, model_config, model_inference
+    from frtm_plugin.models import (DEFAULT_CHECKPOINT, D_ONLY_INFERENCE, OFFLINE_INFERENCE, build_tracker,
+                                    model_config, model_inference)
 
     assert OFFLINE_LEARNING_RATE != RELEASED_LEARNING_RATE
-    assert model_inference(None) == OFFLINE_INFERENCE  # D-only
+    assert model_inference(None) == D_ONLY_INFERENCE  # D-only: the memory rate, and its probability's gain
+    assert D_ONLY_INFERENCE["solver"] == OFFLINE_INFERENCE["solver"]
+    d_only = model_config(TrackerConfig(), D_ONLY_INFERENCE)
+    assert d_only.d_only_gain == D_ONLY_INFERENCE["tracker"]["d_only_gain"] != 1.0
+    assert d_only.solver.learning_rate == OFFLINE_LEARNING_RATE
+    assert model_config(TrackerConfig(d_only_gain=1.0), D_ONLY_INFERENCE).d_only_gain == 1.0  # explicit wins
+    assert model_config(TrackerConfig(), OFFLINE_INFERENCE).d_only_gain is None  # models with S leave it
     assert model_inference({"meta": {}}) == {} and model_inference({"meta": {"inference": OFFLINE_INFERENCE}}) == \
         OFFLINE_INFERENCE
     assert model_config(TrackerConfig(), OFFLINE_INFERENCE).solver.learning_rate == OFFLINE_LEARNING_RATE
@@ -170,6 +177,8 @@ def test_models_fill_only_the_settings_left_to_them(tmp_path, mobilenet):
         model_config(TrackerConfig(), {"solver": {"rate": 0.1}})
     with pytest.raises(ValueError, match="unknown entries.*'segnet'"):
         model_config(TrackerConfig(), {"segnet": {}})
+    with pytest.raises(ValueError, match="unknown entries.*'gain'"):
+        model_config(TrackerConfig(), {"tracker": {"gain": 2.0}})
 
     # a model with learning_rate None runs at the released rate
     tm = TargetModel(4, SolverConfig(channels=2, init_cg_iters=(1,)))
@@ -179,7 +188,7 @@ def test_models_fill_only_the_settings_left_to_them(tmp_path, mobilenet):
     if DEFAULT_CHECKPOINT.is_file():
         tracker, _ = build_tracker("default", config=TrackerConfig(max_size=480))
         assert tracker.config.solver.learning_rate == OFFLINE_LEARNING_RATE and tracker.config.max_size == 480
-    assert build_tracker("d-only")[0].config.solver.learning_rate == OFFLINE_LEARNING_RATE
+    assert build_tracker("d-only")[0].config == d_only
     released = tmp_path / "released.pth"
     torch.manual_seed(0)
     save_segnet_checkpoint(released, SegNetwork({k: mobilenet.channels[k] for k in mobilenet.seg_layers}),

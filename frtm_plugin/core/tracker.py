@@ -64,8 +64,9 @@ class TrackerConfig:
     precision: str = "float32"
     # D-only: an object's probability is clamp(0.5 + d_only_gain * (score - d_only_center), 0, 1) of D's upsampled
     # score (D is fitted to 0/1 labels; 1.0 / 0.5: the score itself). The mask is where it passes 0.5, and D's memory
-    # learns the merged probabilities, so a gain above 1 feeds D sharper labels of its own output.
-    d_only_gain: float = 1.0
+    # learns the merged probabilities, so a gain above 1 feeds D sharper labels of its own output. None: the
+    # model's own (``models.D_ONLY_INFERENCE`` for the named D-only model), else 1.0
+    d_only_gain: float | None = None
     d_only_center: float = 0.5
 
 
@@ -326,8 +327,9 @@ class FRTMTracker:
         if self.segnet is None:  # D-only: D was fitted to 0/1 labels, so its upsampled score is a probability
             cfg = self.config
             up = ops.upsample(scores, hw)
-            if cfg.d_only_gain != 1.0 or cfg.d_only_center != 0.5:
-                up = 0.5 + cfg.d_only_gain * (up - cfg.d_only_center)
+            gain = 1.0 if cfg.d_only_gain is None else cfg.d_only_gain
+            if gain != 1.0 or cfg.d_only_center != 0.5:
+                up = 0.5 + gain * (up - cfg.d_only_center)
             return up.clamp(0.0, 1.0)
         with self._autocast():
             logits = self.segnet(scores[:, None], feats, hw, reordered=self.config.fast)
