@@ -1,6 +1,8 @@
 """The offline trainer of S: tiny real runs (2 short DAVIS sequences, few steps), caching, stop/resume, data sources."""
 
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -453,3 +455,44 @@ def test_warped_test_frames(tmp_path, uninterrupted, backbone, sequences):
     straight.run()
     for k, v in straight.segnet.state_dict().items():
         assert torch.allclose(resumed.segnet.state_dict()[k].float(), v.float(), atol=1e-5), k
+
+
+def test_recipe_of_a_twin_validates_it_into_the_meta(tmp_path, davis_root, capsys):
+    """A model trained on every video has no held-out score of its own; ``--recipe-of TWIN`` (the same recipe on
+    fewer videos) checks the recipes agree, validates the twin on the videos it held out and stores that in the
+    model's meta. A twin with another recipe, or one trained on a video this run was not, is refused up front."""
+    from frtm_plugin.core.weights import file_sha256
+    from frtm_plugin.train.cli import main
+    from frtm_plugin.train.validate import evaluate_model
+
+    def tiny(seed=3):
+        return ["--davis", str(davis_root), "--cache", str(tmp_path / "cache"), "--size", "240", "427", "--crop",
+                "128", "224", "--frame-step", "4", "--ref-frames", "1", "--num-aug", "3", "--samples-per-epoch", "8",
+                "--batch-size", "4", "--epochs", "2", "--lr-step", "1", "--seed", str(seed), "--val-frames", "3",
+                "--threads", "2", "--no-progress"]
+    assert main(["train", *tiny(), "--sequences", "dog-agility", "--val-sequences", "rollerblade",
+                 "--out", str(tmp_path / "twin")]) == 0
+    twin = tmp_path / "twin" / "segnet.pth"
+    assert main(["train", *tiny(), "--sequences", "dog-agility,rollerblade", "--out", str(tmp_path / "all"),
+                 "--recipe-of", str(twin)]) == 0
+    meta = load_segnet_checkpoint(tmp_path / "all" / "segnet.pth")[1]["meta"]
+    assert meta["train"]["sequences"] == ["dog-agility", "rollerblade"] and "validation" not in meta
+    rv = meta["recipe_validation"]
+    assert rv["twin_sha256"] == file_sha256(twin) and rv["twin_sequences"] == ["dog-agility"]
+    assert rv["validation_sequences"] == ["rollerblade"]
+    again = evaluate_model(davis_root, ["rollerblade"], twin, max_frames=3)
+    assert rv["validation"]["D+S (layer4)"]["overall"]["J&F"] == pytest.approx(again["overall"]["J&F"], abs=1e-6)
+    assert set(rv["validation"]) == {"D-only (layer4)", "D+S (layer4)"}
+
+    def refused(args, message):
+        capsys.readouterr()
+        assert main(["train", *args]) == 2
+        assert re.search(message, capsys.readouterr().err)
+
+    refused([*tiny(seed=4), "--sequences", "dog-agility,rollerblade", "--out", str(tmp_path / "b"), "--recipe-of",
+             str(twin)], r"another recipe: seed 3 \(here 4\)")
+    assert not list((tmp_path / "b").glob("checkpoints/*"))  # refused before training
+    refused([*tiny(), "--sequences", "rollerblade", "--out", str(tmp_path / "c"), "--recipe-of", str(twin)],
+            r"trained on but not here: \['dog-agility'\]")
+    refused([*tiny(), "--sequences", "dog-agility,rollerblade", "--out", str(tmp_path / "d"),  # nothing held out
+             "--recipe-of", str(tmp_path / "all" / "segnet.pth")], "must hold videos out")

@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-every", type=int, default=0, help="validate D+S every N epochs (0: only at the end)")
     t.add_argument("--val-frames", type=int, default=None, help="frames per validation sequence (default all)")
     t.add_argument("--no-validate", action="store_true", help="skip the final D-only / D+S validation")
+    t.add_argument("--recipe-of", type=Path, default=None, metavar="TWIN",
+                   help="for a run on every video: an S trained with the same recipe on fewer videos (the rest held "
+                        "out); it is validated on its held-out videos at the end and the scores are stored in this "
+                        "model's meta as 'recipe_validation'")
     t.add_argument("--stop-after", type=int, default=None, help="stop after this many epochs in this call")
     t.add_argument("--no-progress", action="store_true")
 
@@ -124,6 +128,7 @@ def _validate_reports(root, seqs, segnet_or_path, backbone_name, layers, max_fra
 
 
 def cmd_train(args) -> int:
+    from ..core.weights import file_sha256
     from .data import davis_sequences, fiftyone_sequences, source_key
     from .trainer import TrainConfig, Trainer
     from .validate import evaluate_model, format_comparison
@@ -157,6 +162,9 @@ def cmd_train(args) -> int:
             return r["overall"]
     trainer = Trainer(seqs, cfg, args.out, args.cache or default_cache_dir(), progress=not args.no_progress,
                       validate_fn=validate_fn, val_every=args.val_every)
+    twin = trainer.recipe_twin(args.recipe_of) if args.recipe_of else None  # checked before hours of training
+    if twin is not None and args.davis is None:
+        raise SystemExit("--recipe-of validates on DAVIS-layout sequences: give --davis")
     log.info("training on %d sequences (%s), held out: %s", len(seqs), ", ".join(s.name for s in seqs),
              ", ".join(val) or "none")
     trainer.run(stop_after=args.stop_after)
@@ -172,6 +180,16 @@ def cmd_train(args) -> int:
         extra["validation"] = {k: {"overall": v["overall"], "per_sequence": v["per_sequence"]}
                                for k, v in reports.items()}
         extra["validation_sequences"] = val
+    if twin is not None:
+        held_out = twin["validation_sequences"]
+        reports = _validate_reports(args.davis, held_out, args.recipe_of, cfg.backbone, [cfg.target_layer],
+                                    args.val_frames)
+        print(f"the same recipe trained without {', '.join(held_out)} ({args.recipe_of}):")
+        print(format_comparison(reports))
+        extra["recipe_validation"] = {
+            "twin": args.recipe_of.name, "twin_sha256": file_sha256(args.recipe_of),
+            "twin_sequences": twin["train"]["sequences"], "validation_sequences": held_out,
+            "validation": {k: {"overall": v["overall"], "per_sequence": v["per_sequence"]} for k, v in reports.items()}}
     path = trainer.export(args.out / "segnet.pth", extra)
     log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 2**20)
     return 0

@@ -58,6 +58,9 @@ _RESUME_KEYS = ("backbone", "target_layer", "seg_layers", "size", "crop", "frame
                 "min_ref_pixels", "samples_per_epoch", "batch_size", "test_frames", "lr", "weight_decay",
                 "lr_gamma", "seed", "source", "distractor_prob", "distractor_size", "init_from", "ema_decay",
                 "seg_width", "warp_prob")
+# what a run's meta["train"] records beyond its recipe (for comparing two runs' recipes)
+_NOT_RECIPE = ("sequences", "source", "epochs_done", "steps_done", "train_seconds", "keep_checkpoints",
+               "init_from_checkpoint")
 # The schedule may be edited on resume (--epochs, --lr-step, --object-crop-prob): shortening, extending or
 # fine-tuning a run that is under way. The learning rate is then recomputed for the new step:
 # lr * gamma ** (epochs_done // lr_step_epochs).
@@ -591,6 +594,29 @@ class Trainer:
             log.info("epoch %d: loss %.4f IoU %.3f (%.0f s)", epoch, stats["loss"], stats["iou"], rec["seconds"])
             done += 1
         return self.history
+
+    def recipe_twin(self, twin_path: str | os.PathLike) -> dict:
+        """Check that ``twin_path`` is an S trained with this run's recipe on a subset of its videos and holding
+        others out (the model whose held-out score stands for this one when this one was trained on every video);
+        returns the twin's meta. Raises ``ValueError`` saying what differs."""
+        from ..core.segnet import load_segnet_checkpoint
+        twin = load_segnet_checkpoint(twin_path)[1]["meta"]
+        mine, theirs = self.meta()["train"], dict(twin.get("train") or {})
+        if not theirs:
+            raise ValueError(f"{twin_path} has no training recipe in its meta: not a checkpoint this trainer wrote")
+        defaults = TrainConfig().to_dict()  # settings added after the twin was trained had their defaults then
+        differ = sorted(k for k in set(mine) | set(theirs) if k not in _NOT_RECIPE
+                        and mine.get(k, defaults.get(k)) != theirs.get(k, defaults.get(k)))
+        if differ:
+            raise ValueError(f"{twin_path} was trained with another recipe: "
+                             + ", ".join(f"{k} {theirs.get(k, defaults.get(k))!r} (here {mine.get(k)!r})"
+                                         for k in differ))
+        held_out = list(twin.get("validation_sequences") or [])
+        extra = sorted(set(theirs.get("sequences") or []) - set(mine["sequences"]))
+        if not held_out or extra or set(held_out) & set(theirs.get("sequences") or []):
+            raise ValueError(f"{twin_path} must hold videos out of its training and train on none this run does "
+                             f"not (held out: {held_out or 'none'}; trained on but not here: {extra or 'none'})")
+        return twin
 
     def export(self, path: str | os.PathLike, extra_meta: dict | None = None) -> Path:
         """Write S in the released format (``{'model': {'refiner.*'}, 'meta'}``) with the recipe in its meta."""
