@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -76,7 +77,13 @@ def main() -> None:
     from frtm_plugin.io.labels import read_label_png
     from frtm_plugin.models import build_tracker
 
+    from frtm_plugin.train.validate import trained_on
+
     torch.set_num_threads(2)
+    seen = trained_on(args.model, args.sequences.split(","))
+    if seen:
+        print(f"warning: model {args.model} was trained on {', '.join(seen)}: not held-out numbers (for the shipped "
+              "default, measure its held-out twin instead: frtm_plugin/weights/MODEL_CARD.md)", file=sys.stderr)
     trackers = {aug: build_tracker(args.model, config=TrackerConfig(reanchor_aug=aug))[0] for aug in (1, 5)}
     trackers["restart"] = build_tracker(args.model, config=TrackerConfig(reanchor="restart"))[0]
     tracker = trackers[1]

@@ -463,7 +463,7 @@ def test_recipe_of_a_twin_validates_it_into_the_meta(tmp_path, davis_root, capsy
     model's meta. A twin with another recipe, or one trained on a video this run was not, is refused up front."""
     from frtm_plugin.core.weights import file_sha256
     from frtm_plugin.train.cli import main
-    from frtm_plugin.train.validate import evaluate_model
+    from frtm_plugin.train.validate import evaluate_model, trained_on
 
     def tiny(seed=3):
         return ["--davis", str(davis_root), "--cache", str(tmp_path / "cache"), "--size", "240", "427", "--crop",
@@ -483,6 +483,10 @@ def test_recipe_of_a_twin_validates_it_into_the_meta(tmp_path, davis_root, capsy
     again = evaluate_model(davis_root, ["rollerblade"], twin, max_frames=3)
     assert rv["validation"]["D+S (layer4)"]["overall"]["J&F"] == pytest.approx(again["overall"]["J&F"], abs=1e-6)
     assert set(rv["validation"]) == {"D-only (layer4)", "D+S (layer4)"}
+    # scores of a model on videos it was trained on say so
+    assert again["trained_on"] == [] and trained_on(twin, ["rollerblade", "dog-agility"]) == ["dog-agility"]
+    assert trained_on(tmp_path / "all" / "segnet.pth", ["bear", "rollerblade"]) == ["rollerblade"]
+    assert trained_on("d-only", ["rollerblade"]) == []
 
     def refused(args, message):
         capsys.readouterr()

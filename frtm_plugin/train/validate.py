@@ -6,6 +6,7 @@ approximation (D fitted on one frame, never updated), so the numbers compare dir
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -21,9 +22,11 @@ from ..core.video_loop import propagate_in_video
 from ..io.davis import load_sequence
 from ..io.labels import read_label_png
 from ..metrics import SequenceResult, aggregate, evaluate_sequence
-from ..models import model_config, model_inference
+from ..models import DEFAULT_CHECKPOINT, model_config, model_inference
 
-__all__ = ["track_sequence", "evaluate_model", "format_comparison"]
+log = logging.getLogger(__name__)
+
+__all__ = ["track_sequence", "evaluate_model", "format_comparison", "trained_on"]
 
 
 def track_sequence(tracker: FRTMTracker, root: str | os.PathLike, name: str, max_frames: int | None = None):
@@ -40,6 +43,23 @@ def track_sequence(tracker: FRTMTracker, root: str | os.PathLike, name: str, max
     pred = [out.labels for out in outputs]  # forward: in frame order
     gt = [read_label_png(seq.annotation_paths[i]).astype(np.uint8) for i in range(n)]
     return np.stack(gt), np.stack(pred)
+
+
+def trained_on(model, sequences: Sequence[str]) -> list[str]:
+    """Those of ``sequences`` that ``model``'s S was trained on, so its scores there are not held-out scores:
+    ``model`` a checkpoint path, ``"default"`` or a checkpoint's meta; ``[]`` for D-only (D has no offline
+    training) and for checkpoints that do not record their videos (the authors' released ones)."""
+    if model is None or (isinstance(model, str) and model == "d-only") or isinstance(model, SegNetwork):
+        return []
+    if isinstance(model, Mapping):
+        meta = model
+    else:
+        path = DEFAULT_CHECKPOINT if str(model) == "default" else Path(model)
+        if not path.is_file():
+            return []
+        meta = load_segnet_checkpoint(path)[1]["meta"]
+    seen = set((meta.get("train") or {}).get("sequences") or [])
+    return [s for s in sequences if s in seen]
 
 
 def _segnet(model) -> SegNetwork | None:
@@ -66,11 +86,15 @@ def evaluate_model(root: str | os.PathLike, sequences: Sequence[str], model=None
         raise ValueError("no validation sequence given")
     # the model's own inference settings where ``config`` leaves them open: ``inference``, else a checkpoint's,
     # else this project's (an S being trained here, or D-only)
-    info = None
+    info, seen = None, []
     if isinstance(model, (str, Path)) and str(model) != "d-only":
         net, info = load_segnet_checkpoint(model)
         target_layer = target_layer or info["target_layer"]
         model = net
+        seen = trained_on(info["meta"], sequences)
+        if seen:
+            log.warning("%s was trained on %s: its scores there are not held-out scores", Path(info["path"]).name,
+                        ", ".join(seen))
     config = model_config(config, model_inference(info) if inference is None else inference)
     segnet = _segnet(model)
     if isinstance(backbone, str):
@@ -98,7 +122,7 @@ def evaluate_model(root: str | os.PathLike, sequences: Sequence[str], model=None
     o = agg["overall"]
     return {"per_sequence": per, "overall": {"J": o["J"], "F": o["F"], "J&F": o["J&F"]},
             "seconds": time.perf_counter() - t0, "frames": frames, "target_layer": backbone.target_layer,
-            "model": "D+S" if segnet is not None else "D-only"}
+            "model": "D+S" if segnet is not None else "D-only", "trained_on": seen}
 
 
 def format_comparison(reports: Mapping[str, dict]) -> str:
