@@ -1,6 +1,7 @@
 """The offline trainer of S: tiny real runs (2 short DAVIS sequences, few steps), caching, stop/resume, data sources."""
 
 
+import json
 import re
 
 import numpy as np
@@ -366,7 +367,7 @@ def test_fiftyone_video_dataset_source(tmp_path, backbone, davis_root):
         ds.delete()
 
 
-def test_validate_cli_takes_the_backbone_from_the_checkpoint(capsys):
+def test_validate_cli_takes_the_backbone_from_the_checkpoint(capsys, tmp_path):
     """`validate --model` reads the checkpoint's backbone (no --backbone needed); a --backbone that contradicts it is
     a clear error, not a shape mismatch deep in S."""
     from pathlib import Path
@@ -377,8 +378,13 @@ def test_validate_cli_takes_the_backbone_from_the_checkpoint(capsys):
     demo = Path(__file__).resolve().parents[1] / "data" / "demo"
     base = ["validate", "--davis", str(demo), "--val-sequences", "rollerblade", "--model", str(DEFAULT_CHECKPOINT),
             "--max-frames", "3"]
-    assert main(base) == 0
+    out = tmp_path / "v.json"
+    assert main(base + ["--json", str(out)]) == 0
     assert "D+S (layer4_expand)" in capsys.readouterr().out
+    # the shipped S was trained on every DAVIS-2016 train video, this clip's included: the report says so
+    reports = json.loads(out.read_text())
+    assert reports["D+S (layer4_expand)"]["trained_on"] == ["rollerblade"]
+    assert reports["D-only (layer4_expand)"]["trained_on"] == []
     with pytest.raises(SystemExit, match="trained on mobilenet_v2's features, not efficientnet_lite1's"):
         main(base + ["--backbone", "efficientnet_lite1"])
 

@@ -197,7 +197,7 @@ def cmd_train(args) -> int:
 
 def cmd_validate(args) -> int:
     from ..models import model_inference
-    from .validate import format_comparison
+    from .validate import format_comparison, trained_on
     model, info = None, {}
     if args.model:
         from ..core.segnet import load_segnet_checkpoint
@@ -210,8 +210,13 @@ def cmd_validate(args) -> int:
                          f"--backbone or pass --backbone {info['backbone']}")
     layers = _split(args.target_layer) or [info.get("target_layer") or "layer4"]
     inference = model_inference(info) if model is not None else None  # the checkpoint's own settings
-    reports = _validate_reports(args.davis, _split(args.val_sequences), model, backbone, layers, args.max_frames,
-                                inference)
+    seqs = _split(args.val_sequences)
+    reports = _validate_reports(args.davis, seqs, model, backbone, layers, args.max_frames, inference)
+    seen = trained_on(info["meta"], seqs) if model is not None else []
+    for r in reports.values():
+        r["trained_on"] = seen if r["model"] == "D+S" else []
+    if seen:
+        log.warning("%s was trained on %s: its scores there are not held-out scores", args.model, ", ".join(seen))
     print(format_comparison(reports))
     if args.json:
         args.json.write_text(json.dumps(reports, indent=1))
