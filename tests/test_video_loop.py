@@ -190,11 +190,13 @@ def test_a_not_visible_keyframe_hides_the_object_until_it_shows_again(davis_root
     tr = build_tracker("default")[0]
     _, by = _run(tr, frames, {0: {1: gts[0]}, 8: {1: gts[8]}})  # gts[8] is empty: "not visible here"
     assert by[8].keyframe_objects == (1,) and not by[8].labels.any()
-    assert not any(by[i].labels.any() for i in range(9, 23))  # hidden, where S alone paints the ramp (below)
+    assert not any(by[i].labels.any() for i in range(9, 23))  # hidden, where D scores the ramp (below)
     back = [iou(by[i].labels == 1, gts[i]) for i in range(28, 34)]
     assert min(back) > 0.3, back  # found again once it shows (0.42-0.54 measured; a lost track scores ~0)
-    _, plain = _run(tr, frames, {0: {1: gts[0]}})
-    assert sum(plain[i].labels.any() for i in range(9, 23)) >= 10  # without the keyframe: false masks there
+    # Without the keyframe a tracker paints false masks there: D keeps scoring the ramp (D-only, which has no offline
+    # training; the shipped S has been trained on bmx-bumps itself and learned to leave the ramp empty).
+    _, plain = _run(build_tracker("d-only")[0], frames, {0: {1: gts[0]}})
+    assert sum(plain[i].labels.any() for i in range(9, 23)) >= 10
 
     tr.reset()
     tr.step(frames[0], {1: gts[0]})
