@@ -76,7 +76,6 @@ def main() -> None:
     from frtm_plugin.io.davis import load_sequence
     from frtm_plugin.io.labels import read_label_png
     from frtm_plugin.models import build_tracker
-
     from frtm_plugin.train.validate import trained_on
 
     torch.set_num_threads(2)

@@ -162,9 +162,9 @@ def cmd_train(args) -> int:
             return r["overall"]
     trainer = Trainer(seqs, cfg, args.out, args.cache or default_cache_dir(), progress=not args.no_progress,
                       validate_fn=validate_fn, val_every=args.val_every)
-    twin = trainer.recipe_twin(args.recipe_of) if args.recipe_of else None  # checked before hours of training
-    if twin is not None and args.davis is None:
+    if args.recipe_of and args.davis is None:
         raise SystemExit("--recipe-of validates on DAVIS-layout sequences: give --davis")
+    twin = trainer.recipe_twin(args.recipe_of) if args.recipe_of else None  # checked before hours of training
     log.info("training on %d sequences (%s), held out: %s", len(seqs), ", ".join(s.name for s in seqs),
              ", ".join(val) or "none")
     trainer.run(stop_after=args.stop_after)
@@ -197,7 +197,7 @@ def cmd_train(args) -> int:
 
 def cmd_validate(args) -> int:
     from ..models import model_inference
-    from .validate import format_comparison, trained_on
+    from .validate import format_comparison, warn_if_trained_on
     model, info = None, {}
     if args.model:
         from ..core.segnet import load_segnet_checkpoint
@@ -212,11 +212,9 @@ def cmd_validate(args) -> int:
     inference = model_inference(info) if model is not None else None  # the checkpoint's own settings
     seqs = _split(args.val_sequences)
     reports = _validate_reports(args.davis, seqs, model, backbone, layers, args.max_frames, inference)
-    seen = trained_on(info["meta"], seqs) if model is not None else []
+    seen = warn_if_trained_on(str(args.model), info["meta"], seqs) if model is not None else []
     for r in reports.values():
         r["trained_on"] = seen if r["model"] == "D+S" else []
-    if seen:
-        log.warning("%s was trained on %s: its scores there are not held-out scores", args.model, ", ".join(seen))
     print(format_comparison(reports))
     if args.json:
         args.json.write_text(json.dumps(reports, indent=1))

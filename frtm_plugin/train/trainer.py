@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.backbone import BACKBONE_CHANNELS, SEG_LAYERS, Backbone, build_backbone
-from ..core.segnet import CHECKPOINT_PREFIX, SegNetwork, save_segnet_checkpoint
+from ..core.segnet import CHECKPOINT_PREFIX, SegNetwork, load_segnet_checkpoint, save_segnet_checkpoint
 from ..models import OFFLINE_INFERENCE
 from .cache import (TRAIN_SOLVER, FeatureCache, TargetModelCache, atomic_save, d_scores, load, resize_frame,
                     resize_label)
@@ -599,7 +599,6 @@ class Trainer:
         """Check that ``twin_path`` is an S trained with this run's recipe on a subset of its videos and holding
         others out (the model whose held-out score stands for this one when this one was trained on every video);
         returns the twin's meta. Raises ``ValueError`` saying what differs."""
-        from ..core.segnet import load_segnet_checkpoint
         twin = load_segnet_checkpoint(twin_path)[1]["meta"]
         mine, theirs = self.meta()["train"], dict(twin.get("train") or {})
         if not theirs:

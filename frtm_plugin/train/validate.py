@@ -26,7 +26,7 @@ from ..models import DEFAULT_CHECKPOINT, model_config, model_inference
 
 log = logging.getLogger(__name__)
 
-__all__ = ["track_sequence", "evaluate_model", "format_comparison", "trained_on"]
+__all__ = ["track_sequence", "evaluate_model", "format_comparison", "trained_on", "warn_if_trained_on"]
 
 
 def track_sequence(tracker: FRTMTracker, root: str | os.PathLike, name: str, max_frames: int | None = None):
@@ -62,6 +62,14 @@ def trained_on(model, sequences: Sequence[str]) -> list[str]:
     return [s for s in sequences if s in seen]
 
 
+def warn_if_trained_on(name: str, meta: Mapping, sequences: Sequence[str]) -> list[str]:
+    """:func:`trained_on` for a loaded checkpoint's ``meta``, with a warning naming ``name`` when it is not empty."""
+    seen = trained_on(meta, sequences)
+    if seen:
+        log.warning("%s was trained on %s: its scores there are not held-out scores", name, ", ".join(seen))
+    return seen
+
+
 def _segnet(model) -> SegNetwork | None:
     if model is None or (isinstance(model, str) and model == "d-only"):
         return None
@@ -91,10 +99,7 @@ def evaluate_model(root: str | os.PathLike, sequences: Sequence[str], model=None
         net, info = load_segnet_checkpoint(model)
         target_layer = target_layer or info["target_layer"]
         model = net
-        seen = trained_on(info["meta"], sequences)
-        if seen:
-            log.warning("%s was trained on %s: its scores there are not held-out scores", Path(info["path"]).name,
-                        ", ".join(seen))
+        seen = warn_if_trained_on(Path(info["path"]).name, info["meta"], sequences)
     config = model_config(config, model_inference(info) if inference is None else inference)
     segnet = _segnet(model)
     if isinstance(backbone, str):
