@@ -36,12 +36,14 @@ def zoo_checkpoint(zoo_name: str) -> Path:
 DEFAULT_BACKBONE = "mobilenet_v2"
 #: The inference settings this project's models use where the released ones were measured worse (a checkpoint's
 #: ``meta["inference"]``, written by the trainer; D-only uses them too). Checkpoints without them, such as the
-#: authors' released ones, keep the released settings.
-OFFLINE_INFERENCE = {"solver": {"learning_rate": OFFLINE_LEARNING_RATE}}
-#: D-only's: the same memory rate, and D's score mapped to a probability with a gain of 2 about 0.5, so that D's
-#: memory learns sharper labels of its own output (all 30 DAVIS-2016 train videos 74.2 -> 75.3 J&F, better on 20;
-#: docs/tracker_settings.md)
-D_ONLY_INFERENCE = {"solver": {"learning_rate": OFFLINE_LEARNING_RATE}, "tracker": {"d_only_gain": 2.0}}
+#: authors' released ones, keep the released settings. D's memory rate, and D's scores kept near the object's last
+#: box (held-out D+S 77.5 -> 78.4, all 30 D-only 75.3 -> 75.6; docs/tracker_settings.md).
+SEARCH_MARGIN = 0.25
+OFFLINE_INFERENCE = {"solver": {"learning_rate": OFFLINE_LEARNING_RATE}, "tracker": {"search_margin": SEARCH_MARGIN}}
+#: D-only's: the same, and D's score mapped to a probability with a gain of 2 about 0.5, so that D's memory learns
+#: sharper labels of its own output (all 30 DAVIS-2016 train videos 74.2 -> 75.3 J&F, better on 20)
+D_ONLY_INFERENCE = {"solver": {"learning_rate": OFFLINE_LEARNING_RATE},
+                    "tracker": {"d_only_gain": 2.0, "search_margin": SEARCH_MARGIN}}
 
 
 def model_inference(checkpoint_info: dict | None) -> dict:

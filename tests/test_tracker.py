@@ -1,5 +1,7 @@
 """The streaming tracker on real clips, the multi-object merge, and its errors on bad input."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -156,8 +158,8 @@ def test_models_fill_only_the_settings_left_to_them(tmp_path, mobilenet):
     checkpoint without inference settings (the authors' format) keeps the released rate."""
     from frtm_plugin.core.segnet import save_segnet_checkpoint
     from frtm_plugin.core.target_model import OFFLINE_LEARNING_RATE, RELEASED_LEARNING_RATE, TargetModel
-    from frtm_plugin.models import (DEFAULT_CHECKPOINT, D_ONLY_INFERENCE, OFFLINE_INFERENCE, build_tracker,
-                                    model_config, model_inference)
+    from frtm_plugin.models import (DEFAULT_CHECKPOINT, D_ONLY_INFERENCE, OFFLINE_INFERENCE, SEARCH_MARGIN,
+                                    build_tracker, model_config, model_inference)
 
     assert OFFLINE_LEARNING_RATE != RELEASED_LEARNING_RATE
     assert model_inference(None) == D_ONLY_INFERENCE  # D-only: the memory rate, and its probability's gain
@@ -166,12 +168,16 @@ def test_models_fill_only_the_settings_left_to_them(tmp_path, mobilenet):
     assert d_only.d_only_gain == D_ONLY_INFERENCE["tracker"]["d_only_gain"] != 1.0
     assert d_only.solver.learning_rate == OFFLINE_LEARNING_RATE
     assert model_config(TrackerConfig(d_only_gain=1.0), D_ONLY_INFERENCE).d_only_gain == 1.0  # explicit wins
+    # both keep D's scores near the object's last box; an explicit margin (math.inf: the whole frame) wins
+    assert d_only.search_margin == OFFLINE_INFERENCE["tracker"]["search_margin"] == SEARCH_MARGIN
+    assert model_config(TrackerConfig(search_margin=math.inf), OFFLINE_INFERENCE).search_margin == math.inf
+    assert model_config(TrackerConfig(), {}).search_margin is None  # the authors' checkpoints: the whole frame
     assert model_config(TrackerConfig(), OFFLINE_INFERENCE).d_only_gain is None  # models with S leave it
     assert model_inference({"meta": {}}) == {} and model_inference({"meta": {"inference": OFFLINE_INFERENCE}}) == \
         OFFLINE_INFERENCE
     assert model_config(TrackerConfig(), OFFLINE_INFERENCE).solver.learning_rate == OFFLINE_LEARNING_RATE
     assert model_config(TrackerConfig(), {}).solver.learning_rate is None
-    mine = TrackerConfig(solver=SolverConfig(learning_rate=0.3), max_size=480)
+    mine = TrackerConfig(solver=SolverConfig(learning_rate=0.3), max_size=480, search_margin=1.0)
     assert model_config(mine, OFFLINE_INFERENCE) == mine
     with pytest.raises(ValueError, match="unknown entries.*'rate'"):
         model_config(TrackerConfig(), {"solver": {"rate": 0.1}})
@@ -326,3 +332,47 @@ def test_d_only_probability_definition(davis_root, mobilenet):
     assert torch.equal(labs[0], lab[0])
     assert (labc[0] >= lab[0]).all() and labc[0].sum() > lab[0].sum()
     assert not torch.equal(ps[-1], (0.5 + 4 * (p[-1] - 0.5)).clamp(0, 1))
+
+
+def test_search_window_cuts_positive_scores_outside_the_grown_box():
+    """Cells whose centres lie outside the box grown by margin x its longer side keep only their negative scores;
+    cells inside keep theirs; an infinite margin is the whole frame."""
+    from frtm_plugin.core.tracker import search_window
+
+    scores = torch.linspace(-1, 2, 6 * 8).reshape(6, 8)  # cells of 16 px on a 96x128 frame
+    box = (32.0, 48.0, 48.0, 64.0)  # one cell: row 2, column 3; grown by 0.25 * 16 = 4 px
+    cut = search_window(scores, box, (96, 128), 0.25)
+    inside = torch.zeros(6, 8, dtype=torch.bool)
+    inside[2, 3] = True
+    assert torch.equal(cut[inside], scores[inside])
+    assert torch.equal(cut[~inside], scores[~inside].clamp(max=0))
+    assert (scores[~inside] > 0).any()  # something was cut
+    grown = search_window(scores, box, (96, 128), 1.0)  # 16 px on every side: the 3x3 cells around it
+    assert torch.equal(grown[1:4, 2:5], scores[1:4, 2:5]) and (grown[0] <= 0).all()
+    assert search_window(scores, box, (96, 128), math.inf) is scores
+
+
+def test_search_window_keeps_d_only_output_near_the_last_box(davis_root, mobilenet):
+    """With a margin, D-only's mask on each frame lies within the previous frame's box grown by the margin (plus one
+    score cell: the upsampling blends a cell with its neighbour); without one, the masks differ (the window acts)
+    and whole-frame search is the released behaviour (margin None equals math.inf)."""
+    seq = load_sequence(davis_root, "bmx-bumps")
+    frames = [seq.read_frame(i) for i in range(0, 40, 2)]
+    first = masks_from_label_map(seq.prompts()[0])
+
+    def run(margin):
+        tracker = FRTMTracker(mobilenet, None, TrackerConfig(max_size=None, search_margin=margin, d_only_gain=2.0))
+        return [tracker.step(frames[0], first).labels] + [tracker.step(f).labels for f in frames[1:]]
+
+    windowed, whole, released = run(0.25), run(math.inf), run(None)
+    assert all(torch.equal(a, b) for a, b in zip(whole, released))
+    assert any(not torch.equal(a, b) for a, b in zip(windowed, whole))
+    for prev, cur in zip(windowed, windowed[1:]):
+        ys, xs = torch.nonzero(prev == 1, as_tuple=True)
+        if ys.numel() == 0:
+            continue
+        y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+        pad = 0.25 * max(y1 - y0, x1 - x0) + mobilenet.stride
+        cy, cx = torch.nonzero(cur == 1, as_tuple=True)
+        assert cy.numel() > 0
+        assert cy.min() >= y0 - pad and cy.max() < y1 + pad and cx.min() >= x0 - pad and cx.max() < x1 + pad

@@ -8,8 +8,9 @@
 
 Per frame, as the released tracker (``Tracker.initialize`` + ``Tracker.track``):
 1. backbone features once for the frame, shared by all objects;
-2. every object started on an earlier frame: D's coarse scores, then S (or D's scores upsampled when D-only),
-   a sigmoid, the foreground probability;
+2. every object started on an earlier frame: D's coarse scores (with this project's models, kept near the object's
+   last box: ``TrackerConfig.search_margin``), then S (or D's scores upsampled when D-only), a sigmoid, the
+   foreground probability;
 3. objects annotated on this frame take their given mask, and carve it out of the other objects' probabilities;
 4. multi-object merge, and each tracked object's D learns from its merged soft mask.
 Objects starting on this frame get a new D fitted on their mask and augmented copies of the frame; an object
@@ -20,6 +21,7 @@ weights and its fixed-size memory, never per-frame history.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import cv2
@@ -68,6 +70,13 @@ class TrackerConfig:
     # model's own (``models.D_ONLY_INFERENCE`` for the named D-only model), else 1.0
     d_only_gain: float | None = None
     d_only_center: float = 0.5
+    # Where D's scores count: inside the object's box on the previous frame grown on every side by search_margin
+    # times the box's longer side; D's positive scores outside it are cut to 0 before S (and so before D's memory
+    # learns the output), so a look-alike far from the object is neither segmented nor learned. The whole frame
+    # while the object has no box (lost, or hidden after a "not visible" keyframe). None: the model's own
+    # (``models.OFFLINE_INFERENCE``: 0.25 for this project's models and D-only), else the whole frame as released;
+    # math.inf: the whole frame. Measured in docs/tracker_settings.md.
+    search_margin: float | None = None
 
 
 @dataclass
@@ -84,6 +93,31 @@ class _Object:
     start_frame: int
     visible_cells: float = 0.0  # the object's size at its last visible keyframe, in D's score cells
     hidden: bool = False  # annotated "not visible" and not seen again since
+    last_box: tuple[float, float, float, float] | None = None  # its output's box on the last frame (inference size)
+
+
+def _box(mask: torch.Tensor) -> tuple[float, float, float, float] | None:
+    """(y0, x0, y1, x1) pixel edges of a (H, W) boolean mask's bounding box; None when it is empty."""
+    ys = torch.nonzero(mask.any(dim=1)).flatten()
+    if ys.numel() == 0:
+        return None
+    xs = torch.nonzero(mask.any(dim=0)).flatten()
+    return float(ys[0]), float(xs[0]), float(ys[-1] + 1), float(xs[-1] + 1)
+
+
+def search_window(scores: torch.Tensor, box: tuple[float, float, float, float], hw: tuple[int, int],
+                  margin: float) -> torch.Tensor:
+    """D's scores (Hf, Wf) on a frame of size ``hw`` with the positive ones cut to 0 on the cells whose centres lie
+    outside ``box`` (pixel edges at ``hw``) grown on every side by ``margin`` times its longer side."""
+    if math.isinf(margin):
+        return scores
+    hf, wf = scores.shape[-2:]
+    y0, x0, y1, x1 = box
+    pad = margin * max(y1 - y0, x1 - x0)
+    cy = (torch.arange(hf, device=scores.device, dtype=torch.float32) + 0.5) * (hw[0] / hf)
+    cx = (torch.arange(wf, device=scores.device, dtype=torch.float32) + 0.5) * (hw[1] / wf)
+    inside = ((cy >= y0 - pad) & (cy <= y1 + pad))[:, None] & ((cx >= x0 - pad) & (cx <= x1 + pad))[None]
+    return torch.where(inside, scores, scores.clamp(max=0.0))
 
 
 def inference_size(hw: tuple[int, int], max_size: int | None) -> tuple[int, int]:
@@ -185,6 +219,8 @@ class FRTMTracker:
             for obj_id in tracked:
                 obj = self.objects[obj_id]
                 h, s = obj.target_model.predict(target_feat)
+                if self.config.search_margin is not None and obj.last_box is not None:
+                    s = search_window(s, obj.last_box, hw, self.config.search_margin)
                 projected[obj_id], coarse[obj_id] = h, s
                 if obj.hidden and int((s > 0.5).sum()) < max(1.0, self.config.reappear_fraction * obj.visible_cells):
                     probs[obj_id] = torch.zeros(hw, device=self.device)
@@ -209,6 +245,7 @@ class FRTMTracker:
             if not obj.hidden:
                 obj.visible_cells = float(mask.sum()) / self.backbone.stride ** 2
             probs[obj_id] = torch.from_numpy(mask).to(self.device, torch.float32)
+            obj.last_box = _box(probs[obj_id] > 0.5)
         if prompts and tracked:
             keep = 1.0 - torch.stack([probs[i] for i in prompts]).amax(dim=0)
             for obj_id in tracked:
@@ -221,6 +258,7 @@ class FRTMTracker:
             for row, obj_id in enumerate(ids):
                 if obj_id in projected:
                     self.objects[obj_id].target_model.update(projected[obj_id], merged[row + 1], visible[row])
+                    self.objects[obj_id].last_box = _box(merged[row + 1] > 0.5)
 
         out = self.finish(probs, full_hw, full_prompts, coarse)
         out.inference_probabilities = probs

@@ -129,6 +129,7 @@ def _validate_reports(root, seqs, segnet_or_path, backbone_name, layers, max_fra
 
 def cmd_train(args) -> int:
     from ..core.weights import file_sha256
+    from ..models import OFFLINE_INFERENCE
     from .data import davis_sequences, fiftyone_sequences, source_key
     from .trainer import TrainConfig, Trainer
     from .validate import evaluate_model, format_comparison
@@ -182,8 +183,9 @@ def cmd_train(args) -> int:
         extra["validation_sequences"] = val
     if twin is not None:
         held_out = twin["validation_sequences"]
+        # with this model's inference settings (the twin's own may predate some), so the scores describe it
         reports = _validate_reports(args.davis, held_out, args.recipe_of, cfg.backbone, [cfg.target_layer],
-                                    args.val_frames)
+                                    args.val_frames, inference=OFFLINE_INFERENCE)
         print(f"the same recipe trained without {', '.join(held_out)} ({args.recipe_of}):")
         print(format_comparison(reports))
         extra["recipe_validation"] = {
