@@ -63,6 +63,9 @@ def main() -> None:
     p.add_argument("--search-margin", type=float, default=None,
                    help="TrackerConfig.search_margin (default: the model's own; the held-out twin in "
                         "MODEL_CARD.md predates it: pass 0.25 to run it as the shipped default runs)")
+    p.add_argument("--search-min-pad", type=float, default=0.0)
+    p.add_argument("--fix", action="append", default=[], metavar="SEQ:FRAME",
+                   help="correct this frame of SEQ instead of the one the baseline got worst (a diagnosis)")
     args = p.parse_args()
     only = set(args.only.split(",")) if args.only else set(RUNS)
     unknown = only - set(RUNS)
@@ -87,10 +90,10 @@ def main() -> None:
         print(f"warning: model {args.model} was trained on {', '.join(seen)}: not held-out numbers (for the shipped "
               "default, measure its held-out twin instead: frtm_plugin/weights/MODEL_CARD.md)", file=sys.stderr)
     margin = args.search_margin
-    trackers = {aug: build_tracker(args.model, config=TrackerConfig(reanchor_aug=aug, search_margin=margin))[0]
+    trackers = {aug: build_tracker(args.model, config=TrackerConfig(reanchor_aug=aug, search_margin=margin, search_min_pad=args.search_min_pad))[0]
                 for aug in (1, 5)}
     trackers["restart"] = build_tracker(args.model, config=TrackerConfig(reanchor="restart",
-                                                                         search_margin=margin))[0]
+                                                                         search_margin=margin, search_min_pad=args.search_min_pad))[0]
     tracker = trackers[1]
     rows = []
     for name in args.sequences.split(","):
@@ -110,6 +113,8 @@ def main() -> None:
         # the frame the baseline got worst (J&F; the first of equals): its ground truth becomes a keyframe, an empty
         # mask ("not visible here") where the object is hidden there
         worst = min(range(1, n - 1), key=lambda i: per[i])
+        forced = [int(f.split(":")[1]) for f in args.fix if f.split(":")[0] == name]
+        worst = forced[0] if forced else worst
         row["corrected_frame"] = worst
         kf = {0: {1: gt[0]}, worst: {1: gt[worst]}}
         for key, direction, combine, aug in (("correction_forward", "forward", "blend", 1),

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"infer with the longest side at most this many pixels (default {DEFAULT_MAX_SIZE}, the scale "
                         "the default model was trained at; 0 = full resolution)")
     t.add_argument("--merge", default="released", choices=["released", "single"])
+    t.add_argument("--search-margin", type=float, default=None,
+                   help="D's scores count only near each object's last box grown by this many times its longer "
+                        "side (default: the model's own, 0.25 for ours; 'inf': the whole frame)")
     t.add_argument("--save-probs", action="store_true", help="also write <frame>.npz of per-object probabilities")
     t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     t.add_argument("--seed", type=int, default=0)
@@ -230,8 +233,10 @@ def cmd_track(args) -> int:
         check_prompts(job)
 
     max_size = None if args.max_size == 0 else args.max_size
+    if args.search_margin is not None and not args.search_margin >= 0:
+        raise SystemExit(f"error: --search-margin must be >= 0 (or inf), got {args.search_margin}")
     config = TrackerConfig(solver=SolverConfig(), num_aug=args.num_aug, merge=args.merge, max_size=max_size,
-                           seed=args.seed)
+                           seed=args.seed, search_margin=args.search_margin)
     tracker, info = build_tracker(args.model, args.backbone, args.device, config)
     print(f"model: {info.describe()}")  # notes (e.g. "running D-only") were logged as warnings
 

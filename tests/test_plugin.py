@@ -1,6 +1,7 @@
 """The FiftyOne plugin: operators run through FiftyOne's operator execution (immediate and delegated), against a
 throwaway database (see conftest.py), compared frame by frame with the SDK; bad input; kill and resume."""
 
+import math
 import os
 import signal
 import subprocess
@@ -117,6 +118,12 @@ def test_resume_skips_done_videos_and_overwrite_redoes_them(clip):
     assert len(other.processed) == 2  # another configuration: not the same result, so redone
     forced = frtm_plugin.propagate(ds, "prompt", "p", progress=False, overwrite=True, model="d-only", max_size=200)
     assert len(forced.processed) == 2
+    # the run records the settings the tracker ran with, the model's own filled in: another search window redoes
+    cfg = frtm_plugin.run_config(ds, "p")
+    assert cfg["search_margin"] == 0.25 and cfg["d_only_gain"] == 2.0 and cfg["solver"]["learning_rate"] == 0.025
+    whole = frtm_plugin.propagate(ds, "prompt", "p", progress=False, model="d-only", max_size=200,
+                                  search_margin=math.inf)
+    assert len(whole.processed) == 2 and frtm_plugin.run_config(ds, "p")["search_margin"] == math.inf
     ds.delete()
 
 

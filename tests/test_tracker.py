@@ -113,6 +113,9 @@ def test_errors_on_bad_input(mobilenet):
         tr.step(frame.astype(np.float32), {1: mask})
     with pytest.raises(ValueError, match="object ids"):
         tr.step(frame, {255: mask})
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="search_margin must be >= 0"):
+            FRTMTracker(mobilenet, None, TrackerConfig(search_margin=bad))
     out = tr.step(frame, {1: mask[:, :95]})  # one pixel narrow: padded
     assert out.labels.shape == (64, 96) and (out.labels == 1).sum() == mask[:, :95].sum()
 

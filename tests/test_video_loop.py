@@ -9,7 +9,7 @@ from frtm_plugin.core.backbone import build_backbone
 from frtm_plugin.core.prompts import check_keyframes, first_appearances, keyframes_from_label_maps, object_keyframes
 from frtm_plugin.core.target_model import SampleMemory
 from frtm_plugin.core.tracker import FRTMTracker, TrackerConfig
-from frtm_plugin.core.video_loop import _forward_weight, propagate_in_video
+from frtm_plugin.core.video_loop import MIN_ANCHOR_CELLS, _anchors, _forward_weight, propagate_in_video
 from frtm_plugin.io.davis import load_sequence
 from frtm_plugin.io.labels import read_label_png
 
@@ -109,6 +109,28 @@ def test_between_two_keyframes_both_passes_are_combined(clip, tracker):
     assert _forward_weight(5, [1, 9], "blend") == pytest.approx(0.5)
     assert _forward_weight(3, [1, 9], "nearest") == 1.0 and _forward_weight(7, [1, 9], "nearest") == 0.0
     assert _forward_weight(0, [1, 9], "blend") == 0.0 and _forward_weight(10, [1, 9], "blend") == 1.0
+
+
+def test_a_sliver_keyframe_anchors_no_backward_pass(clip, tracker):
+    """A later keyframe too small for D to learn from (fewer than MIN_ANCHOR_CELLS score cells) re-anchors the
+    forward pass but starts no backward pass: the frames before it, back to the object's previous keyframe, are the
+    forward pass's exactly; its own frame is still its annotation."""
+    frames, gts = clip
+    cells_per_px = (256 * 144) / (854 * 480) / tracker.backbone.stride ** 2  # rollerblade at max_size 256
+    ys, xs = np.nonzero(gts[9])
+    sliver = np.zeros_like(gts[9])
+    keep = int(0.5 * MIN_ANCHOR_CELLS / cells_per_px)  # half the threshold: the skater's top rows
+    sliver[ys[:keep], xs[:keep]] = True
+    assert 0 < sliver.sum() * cells_per_px < MIN_ANCHOR_CELLS <= gts[1].sum() * cells_per_px
+    kfs = {1: {1: gts[1]}, 9: {1: sliver}}
+    _, both = _run(tracker, frames, kfs, direction="both")
+    _, fwd = _run(tracker, frames, kfs, direction="forward")
+    for i in range(1, N):
+        assert np.array_equal(both[i].labels, fwd[i].labels), i
+    assert np.array_equal(both[9].labels == 1, sliver) and both[0].labels.any()  # frame 0: backward from frame 1
+    # anchors: the large keyframes, or every keyframe of an object that has no large one
+    assert _anchors(kfs, {1: [1, 9]}, cells_per_px) == {1: [1]}
+    assert _anchors({9: {1: sliver}}, {1: [9]}, cells_per_px) == {1: [9]}
 
 
 def test_bad_keyframes_fail_before_any_output(clip, tracker):

@@ -36,6 +36,11 @@ from .prompts import Keyframes, check_keyframes, check_visible, object_keyframes
 
 DIRECTIONS = ("forward", "both")
 COMBINE_MODES = ("blend", "nearest")
+#: A keyframe mask covering fewer than this many of D's score cells (at the inference size) anchors no backward pass
+#: of an object that has a larger keyframe: D fitted on a sliver learns next to nothing (bmx-bumps #61, 142 px of
+#: the rider behind the ramp, started a backward pass that lost him on the 30 frames before it: J&F 66 -> 42). The
+#: forward pass still re-anchors there, and it alone covers the frames from the previous anchor up to it.
+MIN_ANCHOR_CELLS = 4.0
 
 
 @dataclass
@@ -171,19 +176,24 @@ def _both(tracker, frames, keyframes: Keyframes, combine: str, tmp: Path) -> Ite
         raise ValueError(f"a keyframe is on frame {last_kf} but the video ended after {index + 1} frames")
 
     # Backward pass, combining with the forward one frame by frame.
+    anchors = _anchors(keyframes, spans, _cells_per_pixel(tracker, full_hw))
     tracker.reset()
     for index in range(last_kf, -1, -1):
-        given = keyframes.get(index)  # the first index, last_kf, is annotated: the backward tracker starts there
-        step = tracker.step(cached[index], given, frame_hw=full_hw)
-        back = step.inference_probabilities
+        given = keyframes.get(index) or {}
+        # an object starts where it has an anchor; once started, every keyframe of it re-anchors it, as forward
+        start = {obj: m for obj, m in given.items()
+                 if obj in tracker.objects or index in anchors.get(obj, ()) or not m.any()}
+        step = None
+        if tracker.objects or any(m.any() for m in start.values()):
+            step = tracker.step(cached[index], start, frame_hw=full_hw)
+        back = step.inference_probabilities if step is not None else {}
         fwd = {}
         if index >= first_kf:
             block = forward[index - first_kf]
             fwd = {obj: torch.from_numpy(np.array(block[slot[obj]])) for obj in forward_present[index]}
         probs, coarse = {}, {}
         for obj in sorted(set(fwd) | set(back)):
-            kfs = spans[obj]
-            weight = _forward_weight(index, kfs, combine)  # 1: forward only, 0: backward only
+            weight = _forward_weight(index, anchors[obj], combine)  # 1: forward only, 0: backward only
             if obj not in fwd:
                 weight = 0.0
             elif obj not in back:
@@ -194,13 +204,31 @@ def _both(tracker, frames, keyframes: Keyframes, combine: str, tmp: Path) -> Ite
                 probs[obj] = back[obj]
             else:
                 probs[obj] = weight * fwd[obj].to(back[obj]) + (1.0 - weight) * back[obj]
-            source = forward_coarse.get(index, {}) if weight >= 0.5 else step.coarse_scores
+            source = forward_coarse.get(index, {}) if weight >= 0.5 else step.coarse_scores  # weight < 1: stepped
             if obj in source:
                 coarse[obj] = source[obj]
-        out = tracker.finish(probs, full_hw, {obj: m for obj, m in (given or {}).items()})
-        result = _to_output(index, out, given or ())
+        out = tracker.finish(probs, full_hw, dict(given))
+        result = _to_output(index, out, given)
         result.coarse_scores = {k: (v.cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in coarse.items()}
         yield result
+
+
+def _cells_per_pixel(tracker, full_hw) -> float:
+    """D's score cells per pixel of a full-size mask, at the tracker's inference size."""
+    from .tracker import inference_size
+
+    hw = inference_size(full_hw, tracker.config.max_size)
+    return (hw[0] * hw[1]) / (full_hw[0] * full_hw[1]) / tracker.backbone.stride ** 2
+
+
+def _anchors(keyframes: Keyframes, spans: dict[int, list[int]], cells_per_pixel: float) -> dict[int, list[int]]:
+    """Per object, the visible keyframes that anchor a backward pass: those of at least MIN_ANCHOR_CELLS cells, or
+    all of them when none is that large."""
+    out = {}
+    for obj, kfs in spans.items():
+        large = [k for k in kfs if keyframes[k][obj].sum() * cells_per_pixel >= MIN_ANCHOR_CELLS]
+        out[obj] = large or kfs
+    return out
 
 
 def _forward_weight(index: int, kfs: list[int], combine: str) -> float:

@@ -169,6 +169,7 @@ def _run_config(info, tracker_config: TrackerConfig) -> dict:
         "backbone_weights": info.backbone_weights,
         "solver": asdict(tracker_config.solver), "num_aug": tracker_config.num_aug, "merge": tracker_config.merge,
         "max_size": tracker_config.max_size, "seed": tracker_config.seed,
+        "search_margin": tracker_config.search_margin, "d_only_gain": tracker_config.d_only_gain,
         "versions": {"frtm_plugin": __version__, "torch": torch.__version__, "fiftyone": fo.__version__},
     }
 
@@ -456,7 +457,8 @@ def propagate(samples, prompt_field: str, label_field: str, model: str = "defaul
               merge: str = "released", store_instances: bool = True, store_heatmaps: bool = False,
               overwrite: bool = False, force: bool = False, lock_wait: float = 0.0, seed: int = 0,
               direction: str = "both", combine: str = "blend", chunk_frames: int = 64,
-              progress=True, shard: dict | None = None, io_threads: bool = True) -> PropagationReport:
+              progress=True, shard: dict | None = None, io_threads: bool = True,
+              search_margin: float | None = None) -> PropagationReport:
     """Propagate each video's prompts through the whole video and store the results as frame labels.
 
     ``prompt_field``: a frame-level ``Segmentation`` (object ids as pixel values), ``Detections`` (masks of any
@@ -472,6 +474,9 @@ def propagate(samples, prompt_field: str, label_field: str, model: str = "defaul
     across the video, the prompt's when it had one, so the App edits each object as a track) and optionally
     ``frames.<label_field>_scores`` (Heatmap of D's coarse scores).
 
+    - ``search_margin``: D's scores count only near each object's box on the previous frame, grown by this many
+      times its longer side (``TrackerConfig.search_margin``); ``None``: the model's own (0.25 for this project's
+      models, the whole frame for the authors'), ``math.inf``: the whole frame (objects that jump far between frames).
     - ``max_size``: the longest side at which to infer (masks are stored at the video's size); the default,
       ``DEFAULT_MAX_SIZE``, is the scale the segmentation network was trained at; ``None`` = full resolution.
     - ``overwrite=False`` resumes: a video already done with the same configuration **and the same prompts** is
@@ -502,9 +507,11 @@ def propagate(samples, prompt_field: str, label_field: str, model: str = "defaul
     if direction not in ("forward", "both") or combine not in ("blend", "nearest"):
         raise ValueError(f"direction must be 'forward' or 'both' and combine 'blend' or 'nearest', got "
                          f"{direction!r} and {combine!r}")
-    config = TrackerConfig(solver=SolverConfig(), num_aug=num_aug, merge=merge, max_size=max_size, seed=seed)
+    config = TrackerConfig(solver=SolverConfig(), num_aug=num_aug, merge=merge, max_size=max_size, seed=seed,
+                           search_margin=search_margin)
     tracker, info = build_tracker(model, backbone, device, config)
-    run_config = dict(_run_config(info, config), direction=direction, combine=combine)
+    # the settings the tracker runs with (the model's own filled in), so a change of them redoes the videos
+    run_config = dict(_run_config(info, tracker.config), direction=direction, combine=combine)
     run_hash = config_hash(run_config)
     dataset = samples._dataset
 
