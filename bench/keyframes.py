@@ -63,7 +63,6 @@ def main() -> None:
     p.add_argument("--search-margin", type=float, default=None,
                    help="TrackerConfig.search_margin (default: the model's own; the held-out twin in "
                         "MODEL_CARD.md predates it: pass 0.25 to run it as the shipped default runs)")
-    p.add_argument("--search-min-pad", type=float, default=0.0)
     p.add_argument("--fix", action="append", default=[], metavar="SEQ:FRAME",
                    help="correct this frame of SEQ instead of the one the baseline got worst (a diagnosis)")
     args = p.parse_args()
@@ -90,10 +89,10 @@ def main() -> None:
         print(f"warning: model {args.model} was trained on {', '.join(seen)}: not held-out numbers (for the shipped "
               "default, measure its held-out twin instead: frtm_plugin/weights/MODEL_CARD.md)", file=sys.stderr)
     margin = args.search_margin
-    trackers = {aug: build_tracker(args.model, config=TrackerConfig(reanchor_aug=aug, search_margin=margin, search_min_pad=args.search_min_pad))[0]
+    trackers = {aug: build_tracker(args.model, config=TrackerConfig(reanchor_aug=aug, search_margin=margin))[0]
                 for aug in (1, 5)}
     trackers["restart"] = build_tracker(args.model, config=TrackerConfig(reanchor="restart",
-                                                                         search_margin=margin, search_min_pad=args.search_min_pad))[0]
+                                                                         search_margin=margin))[0]
     tracker = trackers[1]
     rows = []
     for name in args.sequences.split(","):

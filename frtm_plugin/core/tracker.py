@@ -77,7 +77,6 @@ class TrackerConfig:
     # (``models.OFFLINE_INFERENCE``: 0.25 for this project's models and D-only), else the whole frame as released;
     # math.inf: the whole frame. Measured in docs/tracker_settings.md.
     search_margin: float | None = None
-    search_min_pad: float = 0.0  # EXPERIMENT
 
 
 @dataclass
@@ -107,14 +106,14 @@ def _box(mask: torch.Tensor) -> tuple[float, float, float, float] | None:
 
 
 def search_window(scores: torch.Tensor, box: tuple[float, float, float, float], hw: tuple[int, int],
-                  margin: float, min_pad: float = 0.0) -> torch.Tensor:
+                  margin: float) -> torch.Tensor:
     """D's scores (Hf, Wf) on a frame of size ``hw`` with the positive ones cut to 0 on the cells whose centres lie
     outside ``box`` (pixel edges at ``hw``) grown on every side by ``margin`` times its longer side."""
     if math.isinf(margin):
         return scores
     hf, wf = scores.shape[-2:]
     y0, x0, y1, x1 = box
-    pad = max(margin * max(y1 - y0, x1 - x0), min_pad)
+    pad = margin * max(y1 - y0, x1 - x0)
     cy = (torch.arange(hf, device=scores.device, dtype=torch.float32) + 0.5) * (hw[0] / hf)
     cx = (torch.arange(wf, device=scores.device, dtype=torch.float32) + 0.5) * (hw[1] / wf)
     inside = ((cy >= y0 - pad) & (cy <= y1 + pad))[:, None] & ((cx >= x0 - pad) & (cx <= x1 + pad))[None]
@@ -224,7 +223,7 @@ class FRTMTracker:
                 obj = self.objects[obj_id]
                 h, s = obj.target_model.predict(target_feat)
                 if self.config.search_margin is not None and obj.last_box is not None:
-                    s = search_window(s, obj.last_box, hw, self.config.search_margin, self.config.search_min_pad)
+                    s = search_window(s, obj.last_box, hw, self.config.search_margin)
                 projected[obj_id], coarse[obj_id] = h, s
                 if obj.hidden and int((s > 0.5).sum()) < max(1.0, self.config.reappear_fraction * obj.visible_cells):
                     probs[obj_id] = torch.zeros(hw, device=self.device)
