@@ -15,8 +15,8 @@ Per frame, as the released tracker (``Tracker.initialize`` + ``Tracker.track``):
 4. multi-object merge, and each tracked object's D learns from its merged soft mask.
 Objects starting on this frame get a new D fitted on their mask and augmented copies of the frame; an object
 annotated again (a correction) is re-anchored: its D learns the mask as a protected memory sample
-(``TargetModel.reanchor``). Neither is also updated on that frame (its sample is already in the memory). The tracker holds per object only D's
-weights and its fixed-size memory, never per-frame history.
+(``TargetModel.reanchor``). Neither is also updated on that frame (its sample is already in the memory). The
+tracker holds per object only D's weights, its fixed-size memory and its last box, never per-frame history.
 """
 
 from __future__ import annotations

@@ -15,8 +15,10 @@ keyframe have no mask for it. Outputs come in frame order.
 ``direction="both"``: a second, backward pass runs from each object's last keyframe towards the start (re-anchored
 at its earlier keyframes the same way). Per object and frame: before its first keyframe the backward pass, after
 its last the forward pass, between two keyframes both, combined by ``combine``: ``"blend"`` weighs each pass by its
-closeness to the keyframe it started from, ``"nearest"`` takes the pass from the nearer keyframe. Frames after the
-last keyframe come out in order during the forward pass; the others come out last to first during the backward pass.
+closeness to the keyframe it started from, ``"nearest"`` takes the pass from the nearer keyframe. A keyframe too
+small for D to learn from (:data:`MIN_ANCHOR_CELLS`) starts no backward pass of an object that has a larger one.
+Frames after the last keyframe come out in order during the forward pass; the others come out last to first during
+the backward pass.
 For the backward pass the frames up to the last keyframe are kept on disk at the inference size, with the forward
 pass's per-object probabilities where a backward pass will join them: nothing grows in memory with the video.
 """
