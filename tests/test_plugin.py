@@ -104,6 +104,11 @@ def test_propagate_operator_equals_sdk(clip, delegate):
         cfg = frtm_plugin.run_config(ds, "op")
         assert cfg["model"] == "d-only" and cfg["max_size"] == 256 and cfg["solver"]["channels"] == 96
         assert cfg["status"] == "done" and cfg["processed"] == 1
+        if not delegate:  # the form's "Search the whole frame" runs without the search window
+            whole = _run_op("@frtm/frtm-vos/propagate", ds, {"prompt_field": "prompt", "label_field": "op",
+                                                              "whole_frame": True, **FAST})
+            assert whole.error is None and whole.result["processed"] == 1  # another configuration: redone
+            assert frtm_plugin.run_config(ds, "op")["search_margin"] == math.inf
     finally:
         ds.delete()
 

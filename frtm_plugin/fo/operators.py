@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import math
+
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
@@ -119,6 +121,10 @@ class PropagateOperator(foo.Operator):
         inputs.int("max_size", label="Inference size cap (px)", required=False, default=DEFAULT_MAX_SIZE,
                    description=f"Longest side at which to infer (default {DEFAULT_MAX_SIZE}, the scale the model was "
                                "trained at; 0 = full resolution); masks are stored at full resolution")
+        inputs.bool("whole_frame", default=False, label="Search the whole frame",
+                    description="Off: each object is looked for near where it was on the previous frame (our "
+                                "models' default; ignores look-alikes elsewhere). On: anywhere, for objects that jump "
+                                "far between frames")
         inputs.bool("store_heatmaps", default=False, label="Store coarse-score heatmaps",
                     description="frames.<field>_scores: the target model's scores (the paper's Figure 1 view)")
         inputs.bool("overwrite", default=False, label="Overwrite",
@@ -163,6 +169,7 @@ class PropagateOperator(foo.Operator):
         report = sdk.propagate(samples, p["prompt_field"], p.get("label_field", "frtm"), model=model,
                                max_size=max_size, store_heatmaps=bool(p.get("store_heatmaps")),
                                direction=p.get("direction", "both"),
+                               search_margin=math.inf if p.get("whole_frame") else None,
                                overwrite=bool(p.get("overwrite")), force=bool(p.get("force")),
                                progress=_progress_callback(ctx), shard=shard)
         if not ctx.delegated:
