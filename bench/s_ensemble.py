@@ -49,10 +49,10 @@ def main(argv=None) -> None:
     p.add_argument("--results", type=Path)
     args = p.parse_args(argv)
 
-    import frtm_plugin.train.validate as validate
     from frtm_plugin.core.segnet import load_segnet_checkpoint
     from frtm_plugin.core.tracker import TrackerConfig
     from frtm_plugin.models import model_inference
+    from frtm_plugin.train.validate import evaluate_model
 
     torch.set_num_threads(args.threads)
     loaded = [load_segnet_checkpoint(c) for c in args.checkpoints]
@@ -60,12 +60,10 @@ def main(argv=None) -> None:
     if len(taps) != 1:
         raise SystemExit(f"the checkpoints read different backbones / D taps {sorted(taps)}: one ensemble needs one")
     ensemble = SegEnsemble([n for n, _ in loaded])
-    plain = validate._segnet
-    validate._segnet = lambda m: m if isinstance(m, SegEnsemble) else plain(m)  # evaluate_model takes SegNetworks
     info = loaded[0][1]
-    r = validate.evaluate_model(args.data, args.sequences.split(","), ensemble, backbone=info["backbone"],
-                                target_layer=info["target_layer"], inference=model_inference(info),
-                                config=TrackerConfig(search_margin=args.search_margin))
+    r = evaluate_model(args.data, args.sequences.split(","), ensemble, backbone=info["backbone"],
+                       target_layer=info["target_layer"], inference=model_inference(info),
+                       config=TrackerConfig(search_margin=args.search_margin))
     per = {k: round(100 * v["J&F"], 1) for k, v in r["per_sequence"].items()}
     print(f"{args.name}: {per} J&F {100 * r['overall']['J&F']:.2f} at {r['frames'] / r['seconds']:.2f} FPS "
           f"({args.threads} threads)")

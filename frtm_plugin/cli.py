@@ -233,8 +233,6 @@ def cmd_track(args) -> int:
         check_prompts(job)
 
     max_size = None if args.max_size == 0 else args.max_size
-    if args.search_margin is not None and not args.search_margin >= 0:
-        raise SystemExit(f"error: --search-margin must be >= 0 (or inf), got {args.search_margin}")
     config = TrackerConfig(solver=SolverConfig(), num_aug=args.num_aug, merge=args.merge, max_size=max_size,
                            seed=args.seed, search_margin=args.search_margin)
     tracker, info = build_tracker(args.model, args.backbone, args.device, config)

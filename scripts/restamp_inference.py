@@ -31,8 +31,7 @@ def main(argv=None) -> int:
     from frtm_plugin.core.segnet import load_segnet_checkpoint, save_segnet_checkpoint
     from frtm_plugin.core.weights import file_sha256
     from frtm_plugin.models import OFFLINE_INFERENCE
-    from frtm_plugin.train.cli import _validate_reports
-    from frtm_plugin.train.validate import format_comparison
+    from frtm_plugin.train.validate import compare_d_only_and_ds, format_comparison, stored_scores
 
     torch.set_num_threads(args.threads)
     segnet, info = load_segnet_checkpoint(args.checkpoint)
@@ -45,11 +44,10 @@ def main(argv=None) -> int:
         if file_sha256(args.twin) != rv["twin_sha256"]:
             raise SystemExit(f"{args.twin} is not the twin {rv['twin']} this checkpoint names (sha256 "
                              f"{rv['twin_sha256'][:12]}...)")
-        reports = _validate_reports(args.davis, rv["validation_sequences"], args.twin, meta["backbone"],
-                                    [meta["target_layer"]], None, inference=OFFLINE_INFERENCE)
+        reports = compare_d_only_and_ds(args.davis, rv["validation_sequences"], args.twin, meta["backbone"],
+                                        [meta["target_layer"]], inference=OFFLINE_INFERENCE)
         print(format_comparison(reports))
-        rv = dict(rv, validation={k: {"overall": v["overall"], "per_sequence": v["per_sequence"]}
-                                  for k, v in reports.items()})
+        rv = dict(rv, validation=stored_scores(reports))
         meta["recipe_validation"] = rv
     meta["inference"] = OFFLINE_INFERENCE
     save_segnet_checkpoint(args.checkpoint, segnet, meta)

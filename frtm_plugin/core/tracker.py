@@ -248,7 +248,8 @@ class FRTMTracker:
             if not obj.hidden:
                 obj.visible_cells = float(mask.sum()) / self.backbone.stride ** 2
             probs[obj_id] = torch.from_numpy(mask).to(self.device, torch.float32)
-            obj.last_box = _box(probs[obj_id] > 0.5)
+            if self.config.search_margin is not None:
+                obj.last_box = _box(probs[obj_id] > 0.5)
         if prompts and tracked:
             keep = 1.0 - torch.stack([probs[i] for i in prompts]).amax(dim=0)
             for obj_id in tracked:
@@ -261,7 +262,8 @@ class FRTMTracker:
             for row, obj_id in enumerate(ids):
                 if obj_id in projected:
                     self.objects[obj_id].target_model.update(projected[obj_id], merged[row + 1], visible[row])
-                    self.objects[obj_id].last_box = _box(merged[row + 1] > 0.5)
+                    if self.config.search_margin is not None:
+                        self.objects[obj_id].last_box = _box(merged[row + 1] > 0.5)
 
         out = self.finish(probs, full_hw, full_prompts, coarse)
         out.inference_probabilities = probs

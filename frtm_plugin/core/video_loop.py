@@ -35,6 +35,7 @@ import torch
 
 from .box_prompt import BoxPrompt, box_to_mask
 from .prompts import Keyframes, check_keyframes, check_visible, object_keyframes, visible_objects
+from .tracker import inference_size
 
 DIRECTIONS = ("forward", "both")
 COMBINE_MODES = ("blend", "nearest")
@@ -217,8 +218,6 @@ def _both(tracker, frames, keyframes: Keyframes, combine: str, tmp: Path) -> Ite
 
 def _cells_per_pixel(tracker, full_hw) -> float:
     """D's score cells per pixel of a full-size mask, at the tracker's inference size."""
-    from .tracker import inference_size
-
     hw = inference_size(full_hw, tracker.config.max_size)
     return (hw[0] * hw[1]) / (full_hw[0] * full_hw[1]) / tracker.backbone.stride ** 2
 

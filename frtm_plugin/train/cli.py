@@ -113,26 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _validate_reports(root, seqs, segnet_or_path, backbone_name, layers, max_frames, inference=None) -> dict:
-    from ..core.backbone import build_backbone
-    from .validate import evaluate_model
-    reports = {}
-    for layer in layers:
-        bb = build_backbone(backbone_name, target_layer=layer)
-        reports[f"D-only ({layer})"] = evaluate_model(root, seqs, "d-only", backbone=bb, max_frames=max_frames,
-                                                      progress=True)
-        if segnet_or_path is not None:
-            reports[f"D+S ({layer})"] = evaluate_model(root, seqs, segnet_or_path, backbone=bb,
-                                                       max_frames=max_frames, progress=True, inference=inference)
-    return reports
-
-
 def cmd_train(args) -> int:
     from ..core.weights import file_sha256
     from ..models import OFFLINE_INFERENCE
     from .data import davis_sequences, fiftyone_sequences, source_key
     from .trainer import TrainConfig, Trainer
-    from .validate import evaluate_model, format_comparison
+    from .validate import compare_d_only_and_ds, evaluate_model, format_comparison, stored_scores
 
     val = _split(args.val_sequences)
     if args.davis is not None:
@@ -174,24 +160,23 @@ def cmd_train(args) -> int:
         return 0
     extra = {}
     if val and args.davis is not None and not args.no_validate:
-        reports = _validate_reports(args.davis, val, trainer.shipped_segnet(), cfg.backbone, [cfg.target_layer],
-                                    args.val_frames)
+        reports = compare_d_only_and_ds(args.davis, val, trainer.shipped_segnet(), cfg.backbone,
+                                        [cfg.target_layer], args.val_frames)
         (args.out / "validation.json").write_text(json.dumps(reports, indent=1))
         print(format_comparison(reports))
-        extra["validation"] = {k: {"overall": v["overall"], "per_sequence": v["per_sequence"]}
-                               for k, v in reports.items()}
+        extra["validation"] = stored_scores(reports)
         extra["validation_sequences"] = val
     if twin is not None:
         held_out = twin["validation_sequences"]
         # with this model's inference settings (the twin's own may predate some), so the scores describe it
-        reports = _validate_reports(args.davis, held_out, args.recipe_of, cfg.backbone, [cfg.target_layer],
-                                    args.val_frames, inference=OFFLINE_INFERENCE)
+        reports = compare_d_only_and_ds(args.davis, held_out, args.recipe_of, cfg.backbone, [cfg.target_layer],
+                                        args.val_frames, inference=OFFLINE_INFERENCE)
         print(f"the same recipe trained without {', '.join(held_out)} ({args.recipe_of}):")
         print(format_comparison(reports))
         extra["recipe_validation"] = {
             "twin": args.recipe_of.name, "twin_sha256": file_sha256(args.recipe_of),
             "twin_sequences": twin["train"]["sequences"], "validation_sequences": held_out,
-            "validation": {k: {"overall": v["overall"], "per_sequence": v["per_sequence"]} for k, v in reports.items()}}
+            "validation": stored_scores(reports)}
     path = trainer.export(args.out / "segnet.pth", extra)
     log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 2**20)
     return 0
@@ -199,7 +184,7 @@ def cmd_train(args) -> int:
 
 def cmd_validate(args) -> int:
     from ..models import model_inference
-    from .validate import format_comparison, warn_if_trained_on
+    from .validate import compare_d_only_and_ds, format_comparison, warn_if_trained_on
     model, info = None, {}
     if args.model:
         from ..core.segnet import load_segnet_checkpoint
@@ -213,7 +198,7 @@ def cmd_validate(args) -> int:
     layers = _split(args.target_layer) or [info.get("target_layer") or "layer4"]
     inference = model_inference(info) if model is not None else None  # the checkpoint's own settings
     seqs = _split(args.val_sequences)
-    reports = _validate_reports(args.davis, seqs, model, backbone, layers, args.max_frames, inference)
+    reports = compare_d_only_and_ds(args.davis, seqs, model, backbone, layers, args.max_frames, inference)
     seen = warn_if_trained_on(str(args.model), info["meta"], seqs) if model is not None else []
     for r in reports.values():
         r["trained_on"] = seen if r["model"] == "D+S" else []

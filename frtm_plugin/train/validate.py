@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import torch
 
 from ..core.backbone import Backbone, build_backbone
-from ..core.segnet import SegNetwork, load_segnet_checkpoint
+from ..core.segnet import load_segnet_checkpoint
 from ..core.prompts import keyframes_from_label_maps
 from ..core.tracker import FRTMTracker, TrackerConfig
 from ..core.video_loop import propagate_in_video
@@ -26,7 +27,8 @@ from ..models import DEFAULT_CHECKPOINT, model_config, model_inference
 
 log = logging.getLogger(__name__)
 
-__all__ = ["track_sequence", "evaluate_model", "format_comparison", "trained_on", "warn_if_trained_on"]
+__all__ = ["track_sequence", "evaluate_model", "compare_d_only_and_ds", "stored_scores", "format_comparison",
+           "trained_on", "warn_if_trained_on"]
 
 
 def track_sequence(tracker: FRTMTracker, root: str | os.PathLike, name: str, max_frames: int | None = None):
@@ -49,7 +51,7 @@ def trained_on(model, sequences: Sequence[str]) -> list[str]:
     """Those of ``sequences`` that ``model``'s S was trained on, so its scores there are not held-out scores:
     ``model`` a checkpoint path, ``"default"`` or a checkpoint's meta; ``[]`` for D-only (D has no offline
     training) and for checkpoints that do not record their videos (the authors' released ones)."""
-    if model is None or (isinstance(model, str) and model == "d-only") or isinstance(model, SegNetwork):
+    if model is None or (isinstance(model, str) and model == "d-only") or isinstance(model, torch.nn.Module):
         return []
     if isinstance(model, Mapping):
         meta = model
@@ -70,10 +72,10 @@ def warn_if_trained_on(name: str, meta: Mapping, sequences: Sequence[str]) -> li
     return seen
 
 
-def _segnet(model) -> SegNetwork | None:
+def _segnet(model) -> torch.nn.Module | None:
     if model is None or (isinstance(model, str) and model == "d-only"):
         return None
-    if isinstance(model, SegNetwork):
+    if isinstance(model, torch.nn.Module):  # a SegNetwork, or any module called as one (bench/s_ensemble.py)
         return model
     net, _ = load_segnet_checkpoint(model)
     return net
@@ -128,6 +130,26 @@ def evaluate_model(root: str | os.PathLike, sequences: Sequence[str], model=None
     return {"per_sequence": per, "overall": {"J": o["J"], "F": o["F"], "J&F": o["J&F"]},
             "seconds": time.perf_counter() - t0, "frames": frames, "target_layer": backbone.target_layer,
             "model": "D+S" if segnet is not None else "D-only", "trained_on": seen}
+
+
+def compare_d_only_and_ds(root, sequences: Sequence[str], model, backbone_name: str, layers: Sequence[str],
+                          max_frames: int | None = None, inference: dict | None = None) -> dict:
+    """D-only and (when ``model`` is not None) D+S reports for each of D's ``layers``, keyed "D-only (layer)" /
+    "D+S (layer)": what ``train validate`` prints and a trained checkpoint stores."""
+    reports = {}
+    for layer in layers:
+        bb = build_backbone(backbone_name, target_layer=layer)
+        reports[f"D-only ({layer})"] = evaluate_model(root, sequences, "d-only", backbone=bb, max_frames=max_frames,
+                                                      progress=True)
+        if model is not None:
+            reports[f"D+S ({layer})"] = evaluate_model(root, sequences, model, backbone=bb, max_frames=max_frames,
+                                                       progress=True, inference=inference)
+    return reports
+
+
+def stored_scores(reports: dict) -> dict:
+    """The part of :func:`compare_d_only_and_ds`' reports a checkpoint's meta keeps."""
+    return {k: {"overall": v["overall"], "per_sequence": v["per_sequence"]} for k, v in reports.items()}
 
 
 def format_comparison(reports: Mapping[str, dict]) -> str:
