@@ -2,8 +2,8 @@
 
 On held-out DAVIS-2016 train videos (whole videos), with the default model at 854x480, CPU:
 - baseline: the first frame's mask, forward (the benchmark protocol);
-- one correction round: the ground truth of the frame the baseline got worst (among those where the object shows at
-  least a quarter of its median area) added as a keyframe, run forward, with both directions (blend / nearest),
+- one correction round: the ground truth of the frame the baseline got worst (J&F; among equals the one with the
+  most pixels wrong; empty where the object is hidden: a "not visible" keyframe) added as a keyframe, run forward, with both directions (blend / nearest),
   forward with the correction learned from 5 augmented samples, and forward with D refitted from scratch there;
 - middle: the middle frame's mask only, both directions;
 - box: the first frame's box only (box-to-mask), forward.
@@ -63,6 +63,12 @@ def main() -> None:
     p.add_argument("--search-margin", type=float, default=None,
                    help="TrackerConfig.search_margin (default: the model's own; the held-out twin in "
                         "MODEL_CARD.md predates it: pass 0.25 to run it as the shipped default runs)")
+    p.add_argument("--ours", action="store_true",
+                   help="run the model with this project's current inference settings (models.OFFLINE_INFERENCE), "
+                        "as the shipped default runs: for the held-out twin, whose own settings predate some")
+    p.add_argument("--tie-break", choices=("wrong", "first"), default="wrong",
+                   help="among frames of equal worst J&F, correct the one with the most pixels wrong (default) or "
+                        "the first (the rule before 2026-12-03)")
     p.add_argument("--fix", action="append", default=[], metavar="SEQ:FRAME",
                    help="correct this frame of SEQ instead of the one the baseline got worst (a diagnosis)")
     args = p.parse_args()
@@ -80,7 +86,7 @@ def main() -> None:
     from frtm_plugin.core.tracker import TrackerConfig
     from frtm_plugin.io.davis import load_sequence
     from frtm_plugin.io.labels import read_label_png
-    from frtm_plugin.models import build_tracker
+    from frtm_plugin.models import OFFLINE_INFERENCE, build_tracker, model_config
     from frtm_plugin.train.validate import trained_on
 
     torch.set_num_threads(2)
@@ -88,11 +94,12 @@ def main() -> None:
     if seen:
         print(f"warning: model {args.model} was trained on {', '.join(seen)}: not held-out numbers (for the shipped "
               "default, measure its held-out twin instead: frtm_plugin/weights/MODEL_CARD.md)", file=sys.stderr)
-    margin = args.search_margin
-    trackers = {aug: build_tracker(args.model, config=TrackerConfig(reanchor_aug=aug, search_margin=margin))[0]
-                for aug in (1, 5)}
-    trackers["restart"] = build_tracker(args.model, config=TrackerConfig(reanchor="restart",
-                                                                         search_margin=margin))[0]
+    def config(**kw):
+        c = TrackerConfig(search_margin=args.search_margin, **kw)
+        return model_config(c, OFFLINE_INFERENCE) if args.ours else c
+
+    trackers = {aug: build_tracker(args.model, config=config(reanchor_aug=aug))[0] for aug in (1, 5)}
+    trackers["restart"] = build_tracker(args.model, config=config(reanchor="restart"))[0]
     tracker = trackers[1]
     rows = []
     for name in args.sequences.split(","):
@@ -109,9 +116,11 @@ def main() -> None:
 
         base, s = _run(tracker, frames, {0: {1: gt[0]}})
         per = record("baseline", base, s, {0})
-        # the frame the baseline got worst (J&F; the first of equals): its ground truth becomes a keyframe, an empty
-        # mask ("not visible here") where the object is hidden there
-        worst = min(range(1, n - 1), key=lambda i: per[i])
+        # the frame the baseline got worst (J&F; among equals, the one with the most pixels wrong, as an annotator
+        # would pick it: J&F ties at 0 on frames the object hides, and the first of them can be a sliver): its ground
+        # truth becomes a keyframe, an empty mask ("not visible here") where the object is hidden there
+        wrong = [int((gt[i] != base[i]).sum()) for i in range(n)]
+        worst = min(range(1, n - 1), key=lambda i: (per[i], -wrong[i]) if args.tie_break == "wrong" else per[i])
         forced = [int(f.split(":")[1]) for f in args.fix if f.split(":")[0] == name]
         worst = forced[0] if forced else worst
         row["corrected_frame"] = worst

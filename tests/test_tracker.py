@@ -116,6 +116,11 @@ def test_errors_on_bad_input(mobilenet):
     for bad in (-0.5, float("nan")):
         with pytest.raises(ValueError, match="search_margin must be >= 0"):
             FRTMTracker(mobilenet, None, TrackerConfig(search_margin=bad))
+        with pytest.raises(ValueError, match="search_growth must be >= 0"):
+            FRTMTracker(mobilenet, None, TrackerConfig(search_growth=bad))
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match=r"auto_hide must be in \[0, 1\)"):
+            FRTMTracker(mobilenet, None, TrackerConfig(auto_hide=bad))
     out = tr.step(frame, {1: mask[:, :95]})  # one pixel narrow: padded
     assert out.labels.shape == (64, 96) and (out.labels == 1).sum() == mask[:, :95].sum()
 
@@ -175,12 +180,16 @@ def test_models_fill_only_the_settings_left_to_them(tmp_path, mobilenet):
     assert d_only.search_margin == OFFLINE_INFERENCE["tracker"]["search_margin"] == SEARCH_MARGIN
     assert model_config(TrackerConfig(search_margin=math.inf), OFFLINE_INFERENCE).search_margin == math.inf
     assert model_config(TrackerConfig(), {}).search_margin is None  # the authors' checkpoints: the whole frame
+    # no model keeps a lost object's window or hides what D stops scoring (measured fragile: docs/tracker_settings.md)
+    for config in (d_only, model_config(TrackerConfig(), OFFLINE_INFERENCE), model_config(TrackerConfig(), {})):
+        assert config.search_growth is None and not config.auto_hide
     assert model_config(TrackerConfig(), OFFLINE_INFERENCE).d_only_gain is None  # models with S leave it
     assert model_inference({"meta": {}}) == {} and model_inference({"meta": {"inference": OFFLINE_INFERENCE}}) == \
         OFFLINE_INFERENCE
     assert model_config(TrackerConfig(), OFFLINE_INFERENCE).solver.learning_rate == OFFLINE_LEARNING_RATE
     assert model_config(TrackerConfig(), {}).solver.learning_rate is None
-    mine = TrackerConfig(solver=SolverConfig(learning_rate=0.3), max_size=480, search_margin=1.0)
+    mine = TrackerConfig(solver=SolverConfig(learning_rate=0.3), max_size=480, search_margin=1.0, search_growth=0.0,
+                         auto_hide=0.0)
     assert model_config(mine, OFFLINE_INFERENCE) == mine
     with pytest.raises(ValueError, match="unknown entries.*'rate'"):
         model_config(TrackerConfig(), {"solver": {"rate": 0.1}})
@@ -353,6 +362,78 @@ def test_search_window_cuts_positive_scores_outside_the_grown_box():
     grown = search_window(scores, box, (96, 128), 1.0)  # 16 px on every side: the 3x3 cells around it
     assert torch.equal(grown[1:4, 2:5], scores[1:4, 2:5]) and (grown[0] <= 0).all()
     assert search_window(scores, box, (96, 128), math.inf) is scores
+
+
+def test_a_lost_object_is_looked_for_where_it_was_lost_in_a_growing_window(mobilenet):
+    """An empty output keeps the window at the last box and grows it by search_growth x margin per frame lost; the
+    next output moves it; with infinite growth (as before) a lost object is looked for in the whole frame; a "not
+    visible" keyframe's cleared box stays cleared (the whole frame)."""
+    from frtm_plugin.core.tracker import _Object
+
+    tracker = _tiny_tracker(mobilenet, search_margin=0.25, search_growth=0.5)
+    obj = _Object(target_model=None, start_frame=0)
+    seen = torch.zeros(96, 128, dtype=torch.bool)
+    seen[32:48, 48:80] = True
+    tracker._follow(obj, seen)
+    assert obj.last_box == (32.0, 48.0, 48.0, 80.0) and tracker._margin(obj) == 0.25
+    for lost in (1, 2):
+        tracker._follow(obj, torch.zeros_like(seen))
+        assert obj.last_box == (32.0, 48.0, 48.0, 80.0) and obj.lost_frames == lost
+        assert tracker._margin(obj) == 0.25 * (1 + 0.5 * lost)
+    found = torch.zeros_like(seen)
+    found[40:60, 60:90] = True
+    tracker._follow(obj, found)
+    assert obj.last_box == (40.0, 60.0, 60.0, 90.0) and tracker._margin(obj) == 0.25
+
+    released = _tiny_tracker(mobilenet, search_margin=0.25)  # growth None, no model settings: math.inf
+    obj = _Object(target_model=None, start_frame=0)
+    released._follow(obj, seen)
+    released._follow(obj, torch.zeros_like(seen))
+    assert released._margin(obj) == math.inf
+    hidden = _Object(target_model=None, start_frame=0, hidden=True)  # box cleared by its keyframe
+    tracker._follow(hidden, torch.zeros_like(seen))
+    assert hidden.last_box is None
+
+
+class _ScriptedTargetModel:
+    """Stands in for an object's D: returns the given score maps frame by frame and records what it learns."""
+
+    def __init__(self, scores):
+        self.scores, self.learned = list(scores), []
+
+    def predict(self, feature):
+        return feature, self.scores.pop(0)
+
+    def update(self, projected, soft_label, visible=None):
+        self.learned.append(bool(visible))
+        return bool(visible)
+
+
+def test_an_object_d_stops_scoring_is_hidden_until_it_scores_again(mobilenet):
+    """auto_hide: on a frame where D scores above 0.5 on fewer than auto_hide x the object's running mean of such
+    cells, its output is empty and D learns nothing, as after a "not visible" keyframe; it comes back once D scores
+    reappear_fraction of that mean again. Off (0, the released behaviour) the same faint scores make a mask."""
+    frame = np.zeros((160, 192, 3), np.uint8)  # D's grid: 10 x 12 cells
+    mask = np.zeros((160, 192), bool)
+    mask[48:112, 64:144] = True
+
+    def scores(cells):  # `cells` score cells of the object's area at 0.9, the rest -0.5
+        s = torch.full((10, 12), -0.5)
+        s.view(-1)[torch.nonzero(torch.from_numpy(mask[8::16, 8::16]).flatten()).flatten()[:cells]] = 0.9
+        return s
+
+    script = [20, 20, 20, 1, 3, 12, 20]  # confident cells per tracked frame: seen x3, lost, faint, back, seen
+    outputs = {}
+    for auto_hide in (0.1, 0.0):
+        tracker = _tiny_tracker(mobilenet, auto_hide=auto_hide)
+        tracker.step(frame, {1: mask})
+        d = tracker.objects[1].target_model = _ScriptedTargetModel(scores(c) for c in script)
+        outputs[auto_hide] = [int((tracker.step(frame).labels == 1).sum()) for _ in script]
+        if auto_hide:
+            assert d.learned == [True, True, True, False, False, True, True]
+    hide, released = outputs[0.1], outputs[0.0]
+    assert all(n > 0 for n in hide[:3]) and hide[3] == hide[4] == 0 and hide[5] > 0 and hide[6] > 0
+    assert released[3] > 0 and released[4] > 0 and released[:3] == hide[:3]
 
 
 def test_search_window_keeps_d_only_output_near_the_last_box(davis_root, mobilenet):

@@ -39,6 +39,7 @@ from .target_model import SolverConfig, TargetModel, enough_pixels
 
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CONFIDENT_CELLS_RATE = 0.2  # the running mean of an object's confident cells (TrackerConfig.auto_hide)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,16 @@ class TrackerConfig:
     # (``models.OFFLINE_INFERENCE``: 0.25 for this project's models and D-only), else the whole frame as released;
     # math.inf: the whole frame. Measured in docs/tracker_settings.md.
     search_margin: float | None = None
+    # For objects that hide and reappear in place; off for every model (with the shipped one a ball hidden for a
+    # frame was never found again: docs/tracker_settings.md). While a tracked object's output is empty (lost, not
+    # declared hidden), its window stays at its last box and grows on every side by search_growth * search_margin
+    # times the box's longer side per frame lost (None: the model's own, else math.inf: the whole frame at once).
+    search_growth: float | None = None
+    # An object on whose frame D scores above 0.5 on fewer than auto_hide times its usual number of such cells (a
+    # running mean over its visible frames) is hidden from that frame on, as after a "not visible" keyframe (empty
+    # output, D learns nothing, its window stays where it was lost), until reappear_fraction of that number returns.
+    # None: the model's own, else 0 (never, as released)
+    auto_hide: float | None = None
 
 
 @dataclass
@@ -92,8 +103,10 @@ class _Object:
     target_model: TargetModel
     start_frame: int
     visible_cells: float = 0.0  # the object's size at its last visible keyframe, in D's score cells
-    hidden: bool = False  # annotated "not visible" and not seen again since
-    last_box: tuple[float, float, float, float] | None = None  # its output's box on the last frame (inference size)
+    hidden: bool = False  # annotated "not visible" (or hidden by auto_hide) and not seen again since
+    last_box: tuple[float, float, float, float] | None = None  # its output's last box (inference size)
+    lost_frames: int = 0  # frames since its output was last followed (its window grows meanwhile)
+    confident_cells: float | None = None  # running mean of D's cells above 0.5 on its visible tracked frames
 
 
 def _box(mask: torch.Tensor) -> tuple[float, float, float, float] | None:
@@ -146,6 +159,11 @@ class FRTMTracker:
         if config.search_margin is not None and not config.search_margin >= 0:
             raise ValueError(f"search_margin must be >= 0 (math.inf: the whole frame; None: the model's own), got "
                              f"{config.search_margin!r}")
+        if config.search_growth is not None and not config.search_growth >= 0:
+            raise ValueError(f"search_growth must be >= 0 (math.inf: the whole frame once lost; None: the model's "
+                             f"own), got {config.search_growth!r}")
+        if config.auto_hide is not None and not 0 <= config.auto_hide < 1:
+            raise ValueError(f"auto_hide must be in [0, 1) (0: off; None: the model's own), got {config.auto_hide!r}")
         if config.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {config.precision!r}")
         self.backbone = backbone.to(device).eval()
@@ -223,12 +241,18 @@ class FRTMTracker:
                 obj = self.objects[obj_id]
                 h, s = obj.target_model.predict(target_feat)
                 if self.config.search_margin is not None and obj.last_box is not None:
-                    s = search_window(s, obj.last_box, hw, self.config.search_margin)
+                    s = search_window(s, obj.last_box, hw, self._margin(obj))
                 projected[obj_id], coarse[obj_id] = h, s
-                if obj.hidden and int((s > 0.5).sum()) < max(1.0, self.config.reappear_fraction * obj.visible_cells):
+                confident = float((s > 0.5).sum())
+                if (not obj.hidden and self.config.auto_hide and obj.confident_cells is not None
+                        and confident < self.config.auto_hide * obj.confident_cells):
+                    obj.hidden, obj.visible_cells = True, obj.confident_cells  # D lost it: hidden until found again
+                if obj.hidden and confident < max(1.0, self.config.reappear_fraction * obj.visible_cells):
                     probs[obj_id] = torch.zeros(hw, device=self.device)
                     continue
                 obj.hidden = False
+                obj.confident_cells = confident if obj.confident_cells is None else (
+                    (1 - CONFIDENT_CELLS_RATE) * obj.confident_cells + CONFIDENT_CELLS_RATE * confident)
                 visible.append(obj_id)
             # On a GPU, S once for all the frame's objects (features reduced once, shared; one launch per layer).
             # Not on CPU: measured slower there (3 objects, 854x480, 2 threads: 1.77 against 2.23 FPS per object).
@@ -249,7 +273,7 @@ class FRTMTracker:
                 obj.visible_cells = float(mask.sum()) / self.backbone.stride ** 2
             probs[obj_id] = torch.from_numpy(mask).to(self.device, torch.float32)
             if self.config.search_margin is not None:
-                obj.last_box = _box(probs[obj_id] > 0.5)
+                obj.last_box, obj.lost_frames = _box(probs[obj_id] > 0.5), 0
         if prompts and tracked:
             keep = 1.0 - torch.stack([probs[i] for i in prompts]).amax(dim=0)
             for obj_id in tracked:
@@ -263,7 +287,7 @@ class FRTMTracker:
                 if obj_id in projected:
                     self.objects[obj_id].target_model.update(projected[obj_id], merged[row + 1], visible[row])
                     if self.config.search_margin is not None:
-                        self.objects[obj_id].last_box = _box(merged[row + 1] > 0.5)
+                        self._follow(self.objects[obj_id], merged[row + 1] > 0.5)
 
         out = self.finish(probs, full_hw, full_prompts, coarse)
         out.inference_probabilities = probs
@@ -292,6 +316,24 @@ class FRTMTracker:
                           coarse_scores=coarse or {})
 
     # -- internals ----------------------------------------------------------------------------------------------
+    def _margin(self, obj: _Object) -> float:
+        """The object's search window margin on this frame: ``search_margin``, grown while it is lost."""
+        if obj.lost_frames == 0:
+            return self.config.search_margin
+        growth = self.config.search_growth
+        if growth is None or math.isinf(growth):
+            return math.inf
+        return self.config.search_margin * (1.0 + growth * obj.lost_frames)
+
+    def _follow(self, obj: _Object, mask: torch.Tensor) -> None:
+        """After a tracked frame: the window follows the output's box; an empty output keeps the last box (the
+        object was lost there, so it is looked for there first) and counts the frame as lost."""
+        box = _box(mask)
+        if box is None and obj.last_box is not None:  # (a "not visible" keyframe cleared the box: the whole frame)
+            obj.lost_frames += 1
+        else:
+            obj.last_box, obj.lost_frames = box, 0
+
     def _check_image(self, image) -> np.ndarray:
         if isinstance(image, torch.Tensor):
             image = image.detach().cpu().numpy()

@@ -169,7 +169,8 @@ def _run_config(info, tracker_config: TrackerConfig) -> dict:
         "backbone_weights": info.backbone_weights,
         "solver": asdict(tracker_config.solver), "num_aug": tracker_config.num_aug, "merge": tracker_config.merge,
         "max_size": tracker_config.max_size, "seed": tracker_config.seed,
-        "search_margin": tracker_config.search_margin, "d_only_gain": tracker_config.d_only_gain,
+        "search_margin": tracker_config.search_margin, "search_growth": tracker_config.search_growth,
+        "auto_hide": tracker_config.auto_hide, "d_only_gain": tracker_config.d_only_gain,
         "versions": {"frtm_plugin": __version__, "torch": torch.__version__, "fiftyone": fo.__version__},
     }
 

@@ -27,7 +27,7 @@ from ..models import DEFAULT_CHECKPOINT, model_config, model_inference
 
 log = logging.getLogger(__name__)
 
-__all__ = ["track_sequence", "evaluate_model", "compare_d_only_and_ds", "stored_scores", "format_comparison",
+__all__ = ["track_sequence", "evaluate_model", "evaluate_tracker", "compare_d_only_and_ds", "stored_scores", "format_comparison",
            "trained_on", "warn_if_trained_on"]
 
 
@@ -109,27 +109,35 @@ def evaluate_model(root: str | os.PathLike, sequences: Sequence[str], model=None
     elif target_layer is not None and backbone.target_layer != target_layer:
         raise ValueError(f"backbone reads D's features from {backbone.target_layer!r}, not {target_layer!r}")
     was_training = segnet.training if segnet is not None else False
-    tracker = FRTMTracker(backbone, segnet, config)
-    results: dict[str, SequenceResult] = {}
-    t0, frames = time.perf_counter(), 0
-    it = sequences
-    if progress:
-        from tqdm import tqdm
-        it = tqdm(sequences, desc=f"validate {'D+S' if segnet is not None else 'D-only'}", leave=False)
     try:
-        for name in it:
-            gt, pred = track_sequence(tracker, root, name, max_frames)
-            frames += len(gt)
-            results[name] = evaluate_sequence(gt, pred, name=name)
+        report = evaluate_tracker(FRTMTracker(backbone, segnet, config), root, sequences, max_frames=max_frames,
+                                  progress=progress)
     finally:
         if segnet is not None and was_training:
             segnet.train()
+    return dict(report, target_layer=backbone.target_layer, trained_on=seen)
+
+
+def evaluate_tracker(tracker: FRTMTracker, root: str | os.PathLike, sequences: Sequence[str], *,
+                     max_frames: int | None = None, progress: bool = False) -> dict:
+    """Track and score ``sequences`` of a DAVIS-layout ``root`` with a ready tracker (any :class:`FRTMTracker`,
+    e.g. a variant in ``bench/``); the report of :func:`evaluate_model` without its model fields."""
+    results: dict[str, SequenceResult] = {}
+    t0, frames = time.perf_counter(), 0
+    model = "D+S" if tracker.segnet is not None else "D-only"
+    it = sequences
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(sequences, desc=f"validate {model}", leave=False)
+    for name in it:
+        gt, pred = track_sequence(tracker, root, name, max_frames)
+        frames += len(gt)
+        results[name] = evaluate_sequence(gt, pred, name=name)
     agg = aggregate(results)
     per = {r["sequence"]: {"J": r["J"], "F": r["F"], "J&F": r["J&F"]} for r in agg["rows"]}
     o = agg["overall"]
     return {"per_sequence": per, "overall": {"J": o["J"], "F": o["F"], "J&F": o["J&F"]},
-            "seconds": time.perf_counter() - t0, "frames": frames, "target_layer": backbone.target_layer,
-            "model": "D+S" if segnet is not None else "D-only", "trained_on": seen}
+            "seconds": time.perf_counter() - t0, "frames": frames, "model": model}
 
 
 def compare_d_only_and_ds(root, sequences: Sequence[str], model, backbone_name: str, layers: Sequence[str],
