@@ -3,8 +3,9 @@
 On held-out DAVIS-2016 train videos (whole videos), with the default model at 854x480, CPU:
 - baseline: the first frame's mask, forward (the benchmark protocol);
 - one correction round: the ground truth of the frame the baseline got worst (J&F; among equals the one with the
-  most pixels wrong; empty where the object is hidden: a "not visible" keyframe) added as a keyframe, run forward, with both directions (blend / nearest),
-  forward with the correction learned from 5 augmented samples, and forward with D refitted from scratch there;
+  most pixels wrong; empty where the object is hidden: a "not visible" keyframe) added as a keyframe, run forward,
+  with both directions (blend / nearest), forward with the correction learned from 5 augmented samples, and forward
+  with D refitted from scratch there;
 - middle: the middle frame's mask only, both directions;
 - box: the first frame's box only (box-to-mask), forward.
 J and F per frame as the DAVIS toolkit computes them, over the frames it scores (all but the first and the last) that
@@ -94,6 +95,7 @@ def main() -> None:
     if seen:
         print(f"warning: model {args.model} was trained on {', '.join(seen)}: not held-out numbers (for the shipped "
               "default, measure its held-out twin instead: frtm_plugin/weights/MODEL_CARD.md)", file=sys.stderr)
+
     def config(**kw):
         c = TrackerConfig(search_margin=args.search_margin, **kw)
         return model_config(c, OFFLINE_INFERENCE) if args.ours else c

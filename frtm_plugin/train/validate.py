@@ -27,8 +27,8 @@ from ..models import DEFAULT_CHECKPOINT, model_config, model_inference
 
 log = logging.getLogger(__name__)
 
-__all__ = ["track_sequence", "evaluate_model", "evaluate_tracker", "compare_d_only_and_ds", "stored_scores", "format_comparison",
-           "trained_on", "warn_if_trained_on"]
+__all__ = ["track_sequence", "evaluate_model", "evaluate_tracker", "compare_d_only_and_ds", "stored_scores",
+           "format_comparison", "trained_on", "warn_if_trained_on"]
 
 
 def track_sequence(tracker: FRTMTracker, root: str | os.PathLike, name: str, max_frames: int | None = None):
